@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` (main job on the embedded default) and `make test`.
+# The virtualenv is created on first use and reinstalled only when pyproject.toml changes.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
+
+demo: $(STAMP)
+	$(PY) -m sam3.demo
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Distributed concerns: process-group environment, frame sharding, reductions."""

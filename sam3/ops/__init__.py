@@ -1,0 +1,1 @@
+"""Pure tensor functions on boxes and masks, shared by data, model, loss and evaluation."""
