@@ -1,0 +1,81 @@
+"""Run a function on W local CPU ranks (gloo), for equivalence tools, benchmarks and tests.
+
+Each rank is a fresh process (spawn) that sets the torchrun variables and initialises the default group
+through `sam3.distributed.env`, so it exercises the same path as a real launch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from sam3.distributed import env as dist_env
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_on_local_ranks(
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 600.0, threads_per_rank: int = 1
+) -> list[Any]:
+    """Runs `fn(*args)` on `world_size` gloo ranks and returns each rank's picklable result, by rank.
+
+    Raises RuntimeError with the failing rank's traceback if any rank fails or does not finish in time.
+    """
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    port = free_port()
+    processes = [
+        context.Process(target=_rank_main, args=(rank, world_size, port, threads_per_rank, fn, args, results))
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    outcomes: dict[int, tuple[bool, Any]] = {}
+    for process in processes:
+        process.join(timeout=timeout_s)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    while not results.empty():
+        rank, ok, value = results.get()
+        outcomes[rank] = (ok, value)
+    failures = [f"rank {rank}:\n{value}" for rank, (ok, value) in sorted(outcomes.items()) if not ok]
+    missing = [rank for rank in range(world_size) if rank not in outcomes]
+    if failures or missing:
+        raise RuntimeError(
+            f"{len(failures)} rank(s) failed, {len(missing)} did not finish within {timeout_s:.0f} s "
+            f"(ranks {missing})\n" + "\n".join(failures)
+        )
+    return [outcomes[rank][1] for rank in range(world_size)]
+
+
+def _rank_main(rank, world_size, port, threads, fn, args, results) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(threads)
+    try:
+        dist_env.init_distributed(backend="gloo")
+        results.put((rank, True, fn(*args)))
+    except BaseException:  # report every failure, including KeyboardInterrupt, to the parent
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        dist_env.teardown_distributed()
