@@ -1,0 +1,111 @@
+"""Fixed sine position encodings (DETR, "End-to-End Object Detection with Transformers", Sec. A.4).
+
+`PositionEmbeddingSine` encodes a feature map's pixel grid, normalised to (0, 2π], half of the
+channels for y and half for x. The same frequencies encode normalised box and point coordinates
+for prompt encoders (`encode_xy`, `encode_boxes`, `encode_points`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PositionEmbeddingSine(nn.Module):
+    """Sine/cosine encoding of 2-D positions, with no parameters.
+
+    Args:
+        num_pos_feats: output channels C (even); C/2 encode y, C/2 encode x.
+        temperature: base of the geometric frequency ladder.
+        normalize: scale grid coordinates to (0, scale] before encoding.
+        scale: the range of normalised coordinates; 2π when None.
+    """
+
+    def __init__(
+        self,
+        num_pos_feats: int,
+        *,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_pos_feats % 2:
+            raise ValueError(f"num_pos_feats must be even (half for y, half for x), got {num_pos_feats}")
+        if scale is not None and not normalize:
+            raise ValueError("scale is only used with normalize=True; pass normalize=True or scale=None")
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = 2 * math.pi if scale is None else scale
+        self._grid_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        """(C/2,) inverse frequencies, each repeated for a sin/cos pair."""
+        half = self.num_pos_feats // 2
+        dim_t = torch.arange(half, dtype=torch.float32, device=device)
+        return self.temperature ** (2 * (dim_t // 2) / half)
+
+    def _encode_1d(self, coords: torch.Tensor) -> torch.Tensor:
+        """(...,) coordinates -> (..., C/2) interleaved sin (even channels) and cos (odd channels)."""
+        angles = coords[..., None] / self._inv_freq(coords.device)
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode the pixel grid of a feature map.
+
+        Args:
+            x: (B, C', H, W) features; only its shape and device are read.
+
+        Returns:
+            (B, C, H, W) float32 encodings, y channels first; computed once per (H, W, device).
+        """
+        h, w = x.shape[-2:]
+        key = (h, w, x.device)
+        if key not in self._grid_cache:
+            y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=x.device)
+            x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=x.device)
+            if self.normalize:
+                eps = 1e-6
+                y_embed = y_embed / (y_embed[-1:] + eps) * self.scale
+                x_embed = x_embed / (x_embed[-1:] + eps) * self.scale
+            pos_y = self._encode_1d(y_embed)[:, None, :].expand(h, w, -1)  # (H, W, C/2)
+            pos_x = self._encode_1d(x_embed)[None, :, :].expand(h, w, -1)  # (H, W, C/2)
+            self._grid_cache[key] = torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (C, H, W)
+        return self._grid_cache[key][None].expand(x.shape[0], -1, -1, -1)
+
+    def encode_xy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode normalised coordinates.
+
+        Args:
+            x: (N,) x in [0, 1].
+            y: (N,) y in [0, 1].
+
+        Returns:
+            (N, C/2) x encodings and (N, C/2) y encodings.
+        """
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(f"x and y must be 1-D of equal length, got {tuple(x.shape)} and {tuple(y.shape)}")
+        return self._encode_1d(x * self.scale), self._encode_1d(y * self.scale)
+
+    @torch.no_grad()
+    def encode_boxes(self, cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Encode normalised cxcywh boxes: (N,) each -> (N, C + 2) as [enc(cy), enc(cx), h, w]."""
+        pos_x, pos_y = self.encode_xy(cx, cy)
+        return torch.cat((pos_y, pos_x, h[:, None], w[:, None]), dim=1)
+
+    @torch.no_grad()
+    def encode_points(self, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Encode normalised points: (B, N) each -> (B, N, C + 1) as [enc(y), enc(x), label]."""
+        if not x.shape == y.shape == labels.shape:
+            raise ValueError(
+                f"x, y and labels must share a (B, N) shape, got {tuple(x.shape)}, {tuple(y.shape)}, "
+                f"{tuple(labels.shape)}"
+            )
+        pos_x, pos_y = self.encode_xy(x.flatten(), y.flatten())
+        pos_x = pos_x.reshape(*x.shape, -1)  # (B, N, C/2)
+        pos_y = pos_y.reshape(*y.shape, -1)  # (B, N, C/2)
+        return torch.cat((pos_y, pos_x, labels[..., None].to(pos_x.dtype)), dim=-1)
