@@ -1,0 +1,128 @@
+"""Tiny-preset image encoder: shapes at several input sizes, gradients, RoPE for new sizes,
+activation checkpointing, the frozen feature extractor."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam3.checkpoint import load_state_dict
+from sam3.model.feature_extractor import FrozenImageEncoder
+from sam3.model.vit import ViT
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+# Parameters that by design never get a gradient in image grounding (reference README): the neck's
+# 0.5x level (not passed on) and CLIP's pooled text projection (per-token features are used).
+NO_GRAD_BY_DESIGN = ("vision_backbone.convs.3.", "language_backbone.encoder.text_projection")
+
+
+def tiny_config(**trunk_overrides):
+    cfg = OmegaConf.load(TINY)
+    for key, value in trunk_overrides.items():
+        cfg.backbone.vision_backbone.trunk[key] = value
+    return cfg
+
+
+def tiny_trunk(**overrides) -> ViT:
+    cfg = tiny_config(**overrides).backbone.vision_backbone.trunk
+    return instantiate(cfg)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return instantiate(tiny_config().backbone)
+
+
+@pytest.mark.parametrize("size_hw", [(224, 224), (252, 252), (336, 336), (196, 308)])
+def test_pyramid_shapes_at_any_multiple_of_14(backbone, size_hw):
+    backbone.eval()
+    h, w = size_hw
+    with torch.no_grad():
+        out = backbone.forward_image(torch.randn(2, 3, h, w))
+    gh, gw = h // 14, w // 14
+    d_model = 64
+    expected = [(2, d_model, gh * 4, gw * 4), (2, d_model, gh * 2, gw * 2), (2, d_model, gh, gw)]
+    assert [tuple(f.shape) for f in out["backbone_fpn"]] == expected
+    assert [tuple(p.shape) for p in out["vision_pos_enc"]] == expected
+    assert out["vision_features"] is out["backbone_fpn"][-1]
+    assert all(torch.isfinite(f).all() for f in out["backbone_fpn"])
+
+
+@pytest.mark.parametrize("size_hw", [(225, 224), (224, 230)])
+def test_non_multiple_of_patch_size_is_rejected(backbone, size_hw):
+    with pytest.raises(ValueError, match="not a multiple of the patch size 14"):
+        backbone.forward_image(torch.randn(1, 3, *size_hw))
+
+
+def test_every_used_parameter_gets_a_gradient(backbone):
+    backbone.train()
+    out = backbone(torch.randn(2, 3, 224, 252), ["a red circle", "dog"])
+    loss = sum((f**2).mean() for f in out["backbone_fpn"]) + (out["language_features"] ** 2).mean()
+    backbone.zero_grad(set_to_none=True)
+    loss.backward()
+    without = sorted(n for n, p in backbone.named_parameters() if p.grad is None)
+    assert without == sorted(n for n, _ in backbone.named_parameters() if n.startswith(NO_GRAD_BY_DESIGN))
+    for name, p in backbone.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, f"{name}: all-zero gradient"
+
+
+def test_rope_for_a_new_size_equals_a_model_built_at_that_size():
+    torch.manual_seed(0)
+    built_224 = tiny_trunk(drop_path_rate=0.0).eval()
+    built_336 = tiny_trunk(img_size=336, drop_path_rate=0.0).eval()
+    # Same weights; the 224-built model's RoPE tables (file side) are checked against the 336-built
+    # model's recomputation for the 224 grid, so loading across sizes is exact, not lenient.
+    report = load_state_dict(built_336, built_224.state_dict())
+    assert len(report.rope_checked) == len(built_224.blocks)
+    images = torch.randn(1, 3, 336, 336)
+    with torch.no_grad():
+        torch.testing.assert_close(built_224(images), built_336(images), rtol=0, atol=0)
+    for i in built_224.global_attn_blocks:
+        cos, sin = built_224.blocks[i].attn._cos_sin(24, 24, images.device)
+        table = built_336.blocks[i].attn.freqs_cis
+        assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+    # Windowed blocks keep one table (a window) whatever the input size.
+    windowed = next(i for i in range(len(built_224.blocks)) if i not in built_224.global_attn_blocks)
+    assert torch.equal(built_224.blocks[windowed].attn.freqs_cis, built_336.blocks[windowed].attn.freqs_cis)
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    plain = tiny_trunk(drop_path_rate=0.0).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.use_act_checkpoint = True
+    images = torch.randn(1, 3, 224, 224)
+    for model in (plain, ckpt):
+        model(images).square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_stochastic_depth_is_active_only_in_training():
+    torch.manual_seed(0)
+    trunk = tiny_trunk(drop_path_rate=0.9)
+    images = torch.randn(4, 3, 224, 224)
+    trunk.eval()
+    with torch.no_grad():
+        assert torch.equal(trunk(images), trunk(images))
+        trunk.train()
+        assert not torch.equal(trunk(images), trunk(images))
+
+
+def test_frozen_feature_extractor(backbone):
+    encoder = FrozenImageEncoder(copy.deepcopy(backbone.vision_backbone))
+    encoder.train()
+    assert not encoder.vision_backbone.training
+    images = torch.randn(1, 3, 168, 280)
+    features = encoder(images)
+    assert [tuple(f.shape) for f in features] == [(1, 64, 48, 80), (1, 64, 24, 40), (1, 64, 12, 20), (1, 64, 6, 10)]
+    assert not any(f.requires_grad for f in features)
+    assert all(not p.requires_grad for p in encoder.parameters())

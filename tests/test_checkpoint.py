@@ -1,0 +1,132 @@
+"""The weights loader: key mapping of the released layout, every accepted layout on the tiny
+backbone, and refusal of missing, unexpected, mis-shaped keys and wrong RoPE tables."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam3.checkpoint import load_checkpoint, load_state_dict, map_checkpoint_keys
+from sam3.tools.seeded_init import read_manifest
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
+
+
+def build_tiny(seed: int):
+    torch.manual_seed(seed)
+    return instantiate(OmegaConf.load(TINY).backbone).eval()
+
+
+@pytest.fixture(scope="module")
+def source():
+    return build_tiny(seed=1)
+
+
+@pytest.fixture
+def target():
+    return build_tiny(seed=2)
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_released_layout_maps_onto_the_image_model(reference_dir):
+    layout_keys = [k for k, _, _ in read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")]
+    image_keys = [k for k, _, _ in read_manifest(reference_dir / "sam3_image_state_dict.tsv")]
+    mapping = map_checkpoint_keys(layout_keys)
+    assert mapping.layout == "official"
+    assert sorted(mapping.renamed.values()) == sorted(image_keys)
+    assert all(file_key == "detector." + key for file_key, key in mapping.renamed.items())
+    unused = mapping.known_unused
+    assert sum(k.startswith("detector.backbone.vision_backbone.sam2_convs.") for k in unused) == 22
+    assert sum(k.startswith("tracker.") for k in unused) == 309
+    assert len(unused) == 331
+
+
+def test_ddp_and_bare_layouts_are_recognised():
+    assert map_checkpoint_keys(["module.a.weight", "module.b"]).renamed == {"module.a.weight": "a.weight", "module.b": "b"}
+    assert map_checkpoint_keys(["module.a", "b"]).layout == "bare"
+
+
+def test_bare_round_trip(source, target, tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save(source.state_dict(), path)
+    report = load_checkpoint(target, path)
+    assert report.layout == "bare" and not report.problems
+    assert_same_weights(source, target)
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        for a, b in zip(source.forward_image(images)["backbone_fpn"], target.forward_image(images)["backbone_fpn"]):
+            assert torch.equal(a, b)
+
+
+def test_training_checkpoint_and_ddp_prefix(source, target, tmp_path):
+    path = tmp_path / "train.pt"
+    ddp_state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"model": ddp_state, "optimizer": {"state": {}, "param_groups": []}, "step": 7}, path)
+    report = load_checkpoint(target, path)
+    assert report.layout == "ddp"
+    assert_same_weights(source, target)
+
+
+def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
+    state = {f"detector.backbone.{k}": v for k, v in source.state_dict().items()}
+    state["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight"] = torch.zeros(3, 3)
+    state["tracker.maskmem_tpos_enc"] = torch.zeros(7, 1, 1, 64)
+    state["detector.geometry_encoder.norm.weight"] = torch.ones(64)  # another part of the full model
+    path = tmp_path / "sam3.pt"
+    torch.save({"model": state}, path)
+    with caplog.at_level(logging.INFO, logger="sam3.checkpoint"):
+        report = load_checkpoint(target, path, prefix="backbone.")
+    assert report.layout == "official"
+    assert report.known_unused == ["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight", "tracker.maskmem_tpos_enc"]
+    assert report.outside_prefix == ["geometry_encoder.norm.weight"]
+    assert "(1 tracker.*, 1 detector.backbone.vision_backbone.sam2_convs.*)" in caplog.text
+    assert_same_weights(source, target)
+
+
+def test_mis_shaped_key_raises_and_non_strict_loads_the_rest(source, target):
+    state = dict(source.state_dict())
+    state["language_backbone.resizer.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"1 mis-shaped: language_backbone.resizer.weight: file \(3, 3\) vs model \(64, 64\)"):
+        load_state_dict(target, state)
+    before = target.language_backbone.resizer.weight.clone()
+    report = load_state_dict(target, state, strict=False)
+    assert torch.equal(target.language_backbone.resizer.weight, before)
+    assert torch.equal(target.vision_backbone.trunk.pos_embed, source.vision_backbone.trunk.pos_embed)
+    assert "language_backbone.resizer.weight" not in report.loaded
+
+
+def test_missing_and_unexpected_keys_raise(source, target):
+    state = dict(source.state_dict())
+    del state["vision_backbone.convs.0.conv_3x3.bias"]
+    state["vision_backbone.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="1 missing: vision_backbone.convs.0.conv_3x3.bias; 1 unexpected: vision_backbone.extra.weight"):
+        load_state_dict(target, state)
+
+
+def test_rope_tables_are_checked_not_ignored(source, target):
+    state = dict(source.state_dict())
+    key = "vision_backbone.trunk.blocks.1.attn.freqs_cis"
+    state[key] = state[key] * torch.polar(torch.ones(()), torch.tensor(0.01))
+    with pytest.raises(ValueError, match=f"RoPE table differs from recomputed: {key}"):
+        load_state_dict(target, state)
+    # A file without RoPE tables is complete: the model computes them.
+    no_rope = {k: v for k, v in source.state_dict().items() if not k.endswith("freqs_cis")}
+    assert not load_state_dict(target, no_rope).problems
+
+
+def test_non_state_dict_file_is_rejected(target, tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"model": {"a": 1}}, path)
+    with pytest.raises(ValueError, match="is not a state dict"):
+        load_checkpoint(target, path)
