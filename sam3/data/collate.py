@@ -1,0 +1,130 @@
+"""One clip as the dataset returns it, and the collate function that batches clips into a `ClipBatch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sam3.structures import ClipBatch, FrameMeta, PairIndex, PairTargets
+
+
+@dataclass
+class ClipSample:
+    """The frames of one clip held by this rank, with every prompt of the clip and its instances.
+
+    N counts the clip's instances over all prompts; `prompt_instances` says which belong to which prompt.
+    An instance keeps its index on every frame; where it is not visible its box is zero, its mask empty.
+
+    Attributes:
+        images: (F, 3, S, S) float32 normalised local frames, ascending global frame index.
+        frame_indices: (F,) int64 global index of each local frame in the clip.
+        num_frames: T, frames in the whole clip.
+        prompts: P phrases.
+        prompt_instances: per prompt, its instance indices in [0, N).
+        is_exhaustive: (P,) per prompt.
+        is_positive: (P,) per prompt: one of its instances is visible somewhere in the clip.
+        boxes_cxcywh: (F, N, 4) float32 normalised boxes, zeros where not visible.
+        is_visible: (F, N) bool.
+        masks: (F, N, S, S) bool, or None for a box-only dataset.
+        video_id: the source video's id.
+        orig_size: (H, W) of the source frames.
+        file_names: (F,) frame files relative to the frames root.
+        clip_id: the dataset key of the clip (epoch, index).
+    """
+
+    images: torch.Tensor
+    frame_indices: torch.Tensor
+    num_frames: int
+    prompts: list[str]
+    prompt_instances: list[list[int]]
+    is_exhaustive: list[bool]
+    is_positive: list[bool]
+    boxes_cxcywh: torch.Tensor
+    is_visible: torch.Tensor
+    masks: torch.Tensor | None
+    video_id: Any
+    orig_size: tuple[int, int]
+    file_names: list[str]
+    clip_id: Any = None
+
+
+def collate_clips(samples: list[ClipSample]) -> ClipBatch:
+    """Batches clips: local frames concatenated clip by clip, targets padded per (frame, prompt) pair.
+
+    Works when some or all clips have no local frame (T < F): the batch then has fewer (or zero) frames
+    and pairs but keeps every clip's prompts and `num_frames`.
+    """
+    if not samples:
+        raise ValueError("collate_clips needs at least one clip")
+    has_masks = samples[0].masks is not None
+    if any((s.masks is not None) != has_masks for s in samples):
+        raise ValueError("cannot batch clips with masks together with box-only clips")
+    size = samples[0].images.shape[-1]
+    images = torch.cat([s.images for s in samples])  # (F, 3, S, S)
+    frame_clip_idx = torch.cat(
+        [torch.full((len(s.frame_indices),), c, dtype=torch.int64) for c, s in enumerate(samples)]
+    )
+    frame_indices = torch.cat([s.frame_indices.to(torch.int64) for s in samples])
+    prompts = [list(s.prompts) for s in samples]
+    texts, clip_text_idx = ClipBatch.dedup_texts(prompts)
+    pairs = PairIndex.frame_major(frame_clip_idx, frame_indices, clip_text_idx)
+
+    num_pairs = len(pairs)
+    max_inst = max(
+        (len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0
+    )
+    boxes = torch.zeros(num_pairs, max_inst, 4)
+    visible = torch.zeros(num_pairs, max_inst, dtype=torch.bool)
+    object_ids = torch.full((num_pairs, max_inst), -1, dtype=torch.int64)
+    num_instances = torch.zeros(num_pairs, dtype=torch.int64)
+    is_exhaustive = torch.zeros(num_pairs, dtype=torch.bool)
+    is_positive = torch.zeros(num_pairs, dtype=torch.bool)
+    masks = torch.zeros(num_pairs, max_inst, size, size, dtype=torch.bool) if has_masks else None
+    pair = 0
+    for s in samples:
+        for slot in range(len(s.frame_indices)):
+            for p, inst in enumerate(s.prompt_instances):
+                n = len(inst)
+                idx = torch.tensor(inst, dtype=torch.int64)
+                boxes[pair, :n] = s.boxes_cxcywh[slot, idx]
+                visible[pair, :n] = s.is_visible[slot, idx]
+                object_ids[pair, :n] = idx
+                if masks is not None:
+                    masks[pair, :n] = s.masks[slot, idx]
+                num_instances[pair] = n
+                is_exhaustive[pair] = s.is_exhaustive[p]
+                is_positive[pair] = s.is_positive[p]
+                pair += 1
+    assert pair == num_pairs, f"filled {pair} pairs but the pair index has {num_pairs}"
+    targets = PairTargets(
+        pairs=pairs,
+        boxes_padded=boxes,
+        is_visible_padded=visible,
+        object_ids_padded=object_ids,
+        num_boxes=visible.sum(dim=1),
+        num_instances=num_instances,
+        is_exhaustive=is_exhaustive,
+        is_positive=is_positive,
+        masks_padded=masks,
+    )
+    meta = FrameMeta(
+        video_ids=[s.video_id for s in samples for _ in range(len(s.frame_indices))],
+        orig_sizes=torch.tensor(
+            [s.orig_size for s in samples for _ in range(len(s.frame_indices))], dtype=torch.int64
+        ).reshape(-1, 2),
+        file_names=[name for s in samples for name in s.file_names],
+    )
+    return ClipBatch(
+        images=images,
+        frame_clip_idx=frame_clip_idx,
+        frame_indices=frame_indices,
+        num_frames=torch.tensor([s.num_frames for s in samples], dtype=torch.int64),
+        prompts=prompts,
+        texts=texts,
+        pairs=pairs,
+        meta=meta,
+        targets=targets,
+        clip_ids=[s.clip_id for s in samples],
+    )

@@ -1,0 +1,204 @@
+"""The video grounding dataset: (epoch, clip index) -> this rank's frames of one clip with its prompts.
+
+Everything random (frames, prompts, augmentation) comes from `clip_rng(seed, epoch, clip index)` and
+is drawn from annotations alone, before any decoding, so the ranks of a frame group agree without
+communicating. Each rank then decodes and transforms only its own frames (`frames_of_rank`).
+Training: clip index i draws T frames at a random stride from video i // clips_per_video.
+Evaluation: clip index = video index, and the clip is the whole video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from sam3.data.collate import ClipSample
+from sam3.data.frames import read_frame
+from sam3.data.index import DatasetIndex
+from sam3.data.prompts import PromptConfig, select_prompts
+from sam3.data.readers import OnError, load_annotations
+from sam3.data.sampler import ClipKey, clip_rng, frames_of_rank, sample_clip_frames
+from sam3.data.transforms import AugmentConfig, ClipTransform
+from sam3.ops.boxes import box_xywh_to_xyxy, box_xyxy_to_cxcywh, normalize_boxes
+from sam3.ops.masks import rle_decode
+
+
+@dataclass(frozen=True)
+class ClipSamplingConfig:
+    """How training clips are cut from videos.
+
+    Attributes:
+        num_frames: T, frames per clip (fewer for shorter videos).
+        stride_range: (min, max) step between consecutive clip frames, shrunk for short videos.
+        reverse_prob: probability of reversing time.
+        clips_per_video: clips drawn from each video per epoch.
+    """
+
+    num_frames: int = 8
+    stride_range: tuple[int, int] = (1, 1)
+    reverse_prob: float = 0.0
+    clips_per_video: int = 1
+
+
+class VideoGroundingDataset(Dataset):
+    """Clips of a `DatasetIndex`, keyed by (epoch, clip index), restricted to one rank's frames.
+
+    Args:
+        index: the annotations (any reader).
+        transform: the clip transform (its `augment` decides training augmentation).
+        frames_root: folder the frame `file_names` are relative to; default: the annotation file's folder.
+        train: sample T-frame clips (True) or yield whole videos (False).
+        clip_sampling: clip length, stride and reversal (training only).
+        prompts: prompt caps and negatives; default: no caps, shuffled in training only.
+        group_size: F, ranks in this rank's frame group.
+        group_rank: this rank's index in its frame group; it holds frames t with t mod F == group_rank.
+        seed: the seed of every clip's random stream (the same on every rank).
+    """
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        *,
+        transform: ClipTransform,
+        frames_root: str | Path | None = None,
+        train: bool = True,
+        clip_sampling: ClipSamplingConfig = ClipSamplingConfig(),
+        prompts: PromptConfig | None = None,
+        group_size: int = 1,
+        group_rank: int = 0,
+        seed: int = 0,
+    ):
+        if not 0 <= group_rank < group_size:
+            raise ValueError(f"group_rank must be in [0, group_size={group_size}), got {group_rank}")
+        if len(index) == 0:
+            raise ValueError(f"{index.source}: the dataset has no videos")
+        self.index = index
+        self.transform = transform
+        self.frames_root = Path(index.source).parent if frames_root is None else Path(frames_root)
+        self.train = train
+        self.clip_sampling = clip_sampling
+        self.prompts = PromptConfig(shuffle=train) if prompts is None else prompts
+        self.group_size = group_size
+        self.group_rank = group_rank
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.index) * (self.clip_sampling.clips_per_video if self.train else 1)
+
+    def video_position(self, clip_idx: int) -> int:
+        """The position in the index of the video clip `clip_idx` comes from."""
+        return clip_idx // self.clip_sampling.clips_per_video if self.train else clip_idx
+
+    def __getitem__(self, key: ClipKey) -> ClipSample:
+        epoch, clip_idx = key
+        if not 0 <= clip_idx < len(self):
+            raise IndexError(f"clip index {clip_idx} out of range for {len(self)} clips")
+        rng = clip_rng(self.seed, epoch, clip_idx)
+        pos = self.video_position(clip_idx)
+        video, masklets = self.index.videos[pos], self.index.masklets[pos]
+        if self.train:
+            cfg = self.clip_sampling
+            frames = sample_clip_frames(video.length, cfg.num_frames, cfg.stride_range, cfg.reverse_prob, rng)
+        else:
+            frames = list(range(video.length))
+        prompts = select_prompts(self.index.pairs[pos], masklets, frames, self.prompts, rng, self.index.phrases)
+        instances = [masklets[i] for prompt in prompts for i in prompt.masklets]
+        prompt_instances, start = [], 0
+        for prompt in prompts:
+            prompt_instances.append(list(range(start, start + len(prompt.masklets))))
+            start += len(prompt.masklets)
+
+        # Every frame's boxes, for parameters every rank draws alike.
+        clip_boxes = torch.zeros(len(frames), len(instances), 4)  # (T, N, 4) xywh
+        clip_visible = torch.zeros(len(frames), len(instances), dtype=torch.bool)  # (T, N)
+        for n, masklet in enumerate(instances):
+            for t, frame in enumerate(frames):
+                if masklet.is_visible(frame):
+                    clip_boxes[t, n] = torch.tensor(masklet.boxes_xywh[frame])
+                    clip_visible[t, n] = True
+        clip_boxes = box_xywh_to_xyxy(clip_boxes)
+        params = self.transform.draw(rng, video.height, video.width, clip_boxes[clip_visible])
+
+        own = frames_of_rank(len(frames), self.group_size, self.group_rank)
+        own_frames = [frames[t] for t in own]
+        decoded = [read_frame(self.frames_root, video, f, self.index.source) for f in own_frames]
+        pixels = torch.stack(decoded) if decoded else torch.zeros(0, 3, video.height, video.width, dtype=torch.uint8)
+        masks = self._masks(instances, own_frames, video.height, video.width) if self.index.has_masks else None
+        images, boxes_xyxy, masks = self.transform(pixels, clip_boxes[own], masks, params)
+
+        size = self.transform.image_size
+        has_area = (boxes_xyxy[..., 2] > boxes_xyxy[..., 0]) & (boxes_xyxy[..., 3] > boxes_xyxy[..., 1])
+        visible = clip_visible[own] & has_area  # (F, N)
+        if masks is not None:
+            visible &= masks.flatten(-2).any(-1)
+            masks &= visible[..., None, None]
+        boxes = normalize_boxes(box_xyxy_to_cxcywh(boxes_xyxy), size, size) * visible[..., None]
+        return ClipSample(
+            images=images,
+            frame_indices=torch.tensor(own, dtype=torch.int64),
+            num_frames=len(frames),
+            prompts=[self.transform.phrase(p.phrase, params) for p in prompts],
+            prompt_instances=prompt_instances,
+            is_exhaustive=[p.is_exhaustive for p in prompts],
+            is_positive=[p.is_positive for p in prompts],
+            boxes_cxcywh=boxes,
+            is_visible=visible,
+            masks=masks,
+            video_id=video.video_id,
+            orig_size=(video.height, video.width),
+            file_names=[video.file_names[f] for f in own_frames],
+            clip_id=key,
+        )
+
+    @staticmethod
+    def _masks(instances: list, frames: list[int], height: int, width: int) -> torch.Tensor:
+        """(F, N, H, W) bool masks of `instances` on video frames `frames`, empty where not visible."""
+        masks = torch.zeros(len(frames), len(instances), height, width, dtype=torch.bool)
+        where, rles = [], []
+        for f, frame in enumerate(frames):
+            for n, masklet in enumerate(instances):
+                rle = masklet.segmentations[frame]
+                if rle is not None and masklet.is_visible(frame):
+                    where.append((f, n))
+                    rles.append(rle)
+        if rles:
+            decoded = rle_decode(rles)  # (K, H, W)
+            for k, (f, n) in enumerate(where):
+                masks[f, n] = decoded[k]
+        return masks
+
+
+def build_video_dataset(
+    annotations: str | Path,
+    *,
+    image_size: int,
+    frames_root: str | Path | None = None,
+    train: bool = True,
+    augment: AugmentConfig | None = None,
+    letterbox: bool = False,
+    clip_sampling: ClipSamplingConfig = ClipSamplingConfig(),
+    prompts: PromptConfig | None = None,
+    format: str = "auto",
+    on_error: OnError = "raise",
+    is_exhaustive: bool = True,
+    group_size: int = 1,
+    group_rank: int = 0,
+    seed: int = 0,
+) -> VideoGroundingDataset:
+    """Reads an annotation file (any format) and wraps it as a dataset; arguments as in the pieces."""
+    index = load_annotations(annotations, format=format, on_error=on_error, is_exhaustive=is_exhaustive)
+    transform = ClipTransform(image_size, augment=augment if train else None, letterbox=letterbox)
+    return VideoGroundingDataset(
+        index,
+        transform=transform,
+        frames_root=frames_root,
+        train=train,
+        clip_sampling=clip_sampling,
+        prompts=prompts,
+        group_size=group_size,
+        group_rank=group_rank,
+        seed=seed,
+    )
