@@ -15,6 +15,7 @@ from sam3.model.feature_extractor import FrozenImageEncoder
 from sam3.model.geometry_encoder import GeometryEncoder
 from sam3.model.neck import ViTDetNeck
 from sam3.model.sam3_image import Sam3Image
+from sam3.model.sam3_video import FrameSharderLike, Sam3ImageOnVideoMultiGPU
 from sam3.model.scoring import DotProductScoring
 from sam3.model.seg_head import SegmentationHead
 from sam3.model.text_encoder import TextEncoder
@@ -118,6 +119,55 @@ def build_sam3_image_model(
     if eval_mode:
         model.eval()
     return model
+
+
+def build_sam3_image_video_model(
+    *,
+    d_model: int,
+    backbone: VLBackbone,
+    encoder: FusionEncoder,
+    decoder: QueryDecoder,
+    dot_prod_scoring: DotProductScoring,
+    geometry_encoder: GeometryEncoder,
+    segmentation_head: SegmentationHead | None = None,
+    enable_segmentation: bool = True,
+    checkpoint_path: str | Path | None = None,
+    eval_mode: bool = False,
+    use_act_checkpoint: bool | None = None,
+    compile: bool = False,
+    frame_sharder: FrameSharderLike | None = None,
+    async_all_gather: bool = True,
+    gather_backbone_out: bool = False,
+) -> Sam3ImageOnVideoMultiGPU:
+    """The frame-sharded video model: the image model's config tree plus three video arguments.
+
+    Args:
+        frame_sharder: this rank's frame group (`sam3.distributed.frame_shard.FrameSharder`), built after
+            the process group exists and passed in by the caller; None runs as a group of one.
+        async_all_gather: gather per-frame outputs asynchronously.
+        gather_backbone_out: at inference, gather backbone features instead of detector outputs.
+        Others: as `build_sam3_image_model` (image checkpoints load unchanged).
+    """
+    image_model = build_sam3_image_model(
+        d_model=d_model,
+        backbone=backbone,
+        encoder=encoder,
+        decoder=decoder,
+        dot_prod_scoring=dot_prod_scoring,
+        geometry_encoder=geometry_encoder,
+        segmentation_head=segmentation_head,
+        enable_segmentation=enable_segmentation,
+        checkpoint_path=checkpoint_path,
+        eval_mode=eval_mode,
+        use_act_checkpoint=use_act_checkpoint,
+        compile=compile,
+    )
+    return Sam3ImageOnVideoMultiGPU.from_image_model(
+        image_model,
+        frame_sharder=frame_sharder,
+        async_all_gather=async_all_gather,
+        gather_backbone_out=gather_backbone_out,
+    )
 
 
 def _load_image_model_checkpoint(model: nn.Module, path: str | Path, with_segmentation: bool) -> None:
