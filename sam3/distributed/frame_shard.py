@@ -12,7 +12,7 @@ world size 1 (no process group) it runs the same code path without communicating
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -139,6 +139,35 @@ class FrameSharder:
         handle = dist.all_gather(received, tensor, group=self.group, async_op=True)
         return received, handle
 
+    def new_buffer(self) -> AsyncFrameBuffer:
+        """An empty buffer for `gather_into`."""
+        return AsyncFrameBuffer()
+
+    def gather_into(
+        self,
+        buffer: AsyncFrameBuffer,
+        chunk_keys: Sequence[Hashable | None],
+        tensors: dict[str, torch.Tensor],
+        wait: bool = False,
+    ) -> None:
+        """Starts gathering this rank's named per-frame tensors into `buffer`, one collective per chunk.
+
+        Args:
+            buffer: where the group's frames land.
+            chunk_keys: per group rank, the key (e.g. frame index) of the frame it contributes, or None
+                for a rank with no frame in this chunk (its contribution is dropped).
+            tensors: this rank's tensors for its frame; same names, shapes and dtypes on every rank.
+            wait: finish the gather before returning (synchronous mode, for comparison).
+        """
+        if len(chunk_keys) != self.group_size:
+            raise ValueError(f"a chunk needs one key per group rank ({self.group_size}), got {len(chunk_keys)}")
+        layout = PackedLayout.of(tensors)
+        received, handle = self.all_gather_async(layout.pack(tensors))
+        if wait and handle is not None:
+            handle.wait()
+            handle = None
+        buffer.put_chunk(chunk_keys, received, handle, layout)
+
     def all_gather_with_grad(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Gathers one same-shaped tensor from every rank of the group, with gradients flowing back to
         the owner (for losses that need all frames). Synchronous."""
@@ -156,21 +185,21 @@ class AsyncFrameBuffer:
     """
 
     def __init__(self) -> None:
-        self._frames: dict[int, tuple[torch.Tensor, PackedLayout, _Pending]] = {}
+        self._frames: dict[Hashable, tuple[torch.Tensor, PackedLayout, _Pending]] = {}
 
-    def __contains__(self, frame_idx: int) -> bool:
+    def __contains__(self, frame_idx: Hashable) -> bool:
         return frame_idx in self._frames
 
     def __len__(self) -> int:
         return len(self._frames)
 
     @property
-    def frame_indices(self) -> list[int]:
-        return sorted(self._frames)
+    def keys(self) -> list[Hashable]:
+        return list(self._frames)
 
     def put_chunk(
         self,
-        frame_indices: Sequence[int | None],
+        frame_indices: Sequence[Hashable | None],
         received: list[torch.Tensor],
         handle: dist.Work | None,
         layout: PackedLayout,
@@ -184,15 +213,15 @@ class AsyncFrameBuffer:
             if frame_idx is not None:
                 self._frames[frame_idx] = (flat, layout, pending)
 
-    def get(self, frame_idx: int) -> dict[str, torch.Tensor]:
+    def get(self, frame_idx: Hashable) -> dict[str, torch.Tensor]:
         """The named tensors of frame `frame_idx`, waiting for its gather to finish if needed."""
         if frame_idx not in self._frames:
-            raise KeyError(f"frame {frame_idx} is not in the buffer (held: {self.frame_indices})")
+            raise KeyError(f"frame {frame_idx} is not in the buffer (held: {self.keys})")
         flat, layout, pending = self._frames[frame_idx]
         pending.wait()
         return layout.unpack(flat)
 
-    def evict(self, frame_indices: Sequence[int]) -> None:
+    def evict(self, frame_indices: Sequence[Hashable]) -> None:
         """Drops frames that are no longer needed (waiting for their gather first, so buffers are free)."""
         for frame_idx in frame_indices:
             entry = self._frames.pop(frame_idx, None)
@@ -217,7 +246,8 @@ class PackedLayout:
         )
 
     def pack(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Flattens the named tensors into one contiguous 1-D buffer of `dtype`."""
+        """Flattens the named tensors into one contiguous 1-D buffer of `dtype` (float32 holds bools,
+        small integers and bf16 values exactly)."""
         return torch.cat([tensors[name].detach().reshape(-1).to(dtype) for name in self.names])
 
     def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
