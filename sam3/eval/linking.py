@@ -19,9 +19,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from sam3.eval.postprocess import FramePredictions
-from sam3.ops.masks import mask_iou
+from sam3.ops.masks import mask_iou, rle_decode
 
-__all__ = ["LinkingConfig", "FrameMasks", "LinkedMasklet", "link_masklets", "masklets_to_records"]
+__all__ = ["LinkingConfig", "FrameMasks", "LinkedMasklet", "frame_masks", "link_masklets", "masklets_to_records"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,22 @@ class LinkedMasklet:
     @property
     def num_detected(self) -> int:
         return sum(i is not None for i in self.detection_idx)
+
+
+def frame_masks(predictions: FramePredictions, size: tuple[int, int]) -> FrameMasks:
+    """Linking input from one frame's original-size predictions (RLEs decoded unless dense masks are kept).
+
+    Args:
+        predictions: the frame's predictions for one prompt.
+        size: the frame's (height, width), for frames without detections.
+    """
+    if predictions.masks is not None:
+        masks = predictions.masks
+    elif predictions.rles:
+        masks = rle_decode(predictions.rles)
+    else:
+        masks = torch.zeros(0, *size, dtype=torch.bool)
+    return FrameMasks(masks=masks, scores=predictions.scores)
 
 
 def link_masklets(frames: Sequence[FrameMasks], config: LinkingConfig) -> list[LinkedMasklet]:

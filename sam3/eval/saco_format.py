@@ -21,7 +21,16 @@ from pycocotools import mask as coco_mask
 
 from sam3.ops.masks import RLE
 
-__all__ = ["Masklet", "Video", "VEvalGroundTruth", "load_ground_truth", "load_predictions", "parse_predictions"]
+__all__ = [
+    "Masklet",
+    "Video",
+    "VEvalGroundTruth",
+    "load_ground_truth",
+    "parse_ground_truth",
+    "load_predictions",
+    "parse_predictions",
+    "write_predictions",
+]
 
 Box = list[float]
 
@@ -143,6 +152,16 @@ def parse_predictions(data: list[dict[str, Any]], gt: VEvalGroundTruth, source: 
             raise ValueError(f"{where}: video_id {pred['video_id']} is not in the ground truth")
         masklets.append(_parse_masklet(pred, i + 1, video, where, score=float(pred["score"])))
     return masklets
+
+
+def write_predictions(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Writes prediction records (see `sam3.eval.linking.masklets_to_records`) as one JSON list."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(records, f)
+    tmp.replace(path)
 
 
 def _parse_masklet(ann: dict[str, Any], masklet_id: int, video: Video, where: str, score: float) -> Masklet:
