@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
@@ -213,28 +214,19 @@ class ClipTransform:
 
 
 def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resizes (..., h, w) bool masks to (..., height, width): a pixel is set when its footprint touches a set pixel.
+    """Resizes (K, h, w) bool masks to (K, height, width): a pixel is set when its footprint touches a set pixel.
 
     Nearest-neighbour resizing skips source rows and columns when it shrinks, so thin parts vanish and
     the mask's box drifts from the resized box; by coverage, the box of the resized mask stays within
     1 px of the resized box, and no visible part disappears (at most 1 px of growth at the border).
+    Adaptive max pooling computes exactly this: output pixel i pools source [floor(i n/m), ceil((i+1) n/m)).
     """
-    masks = _any_along(masks, -2, height)
-    return _any_along(masks, -1, width)
-
-
-def _any_along(masks: torch.Tensor, dim: int, out_len: int) -> torch.Tensor:
-    """Along `dim`, output pixel j is the OR of the source pixels its footprint [j n/m, (j+1) n/m) touches."""
-    in_len = masks.shape[dim]
-    if in_len == out_len:
+    if masks.shape[-2:] == (height, width):
         return masks
-    j = torch.arange(out_len, dtype=torch.int64)
-    start = (j * in_len) // out_len
-    end = -((-(j + 1) * in_len) // out_len)  # ceil((j + 1) n / m), exclusive
-    running = masks.to(torch.int32).cumsum(dim)
-    prefix = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim)  # (..., n + 1 along dim)
-    counts = prefix.index_select(dim, end) - prefix.index_select(dim, start)
-    return counts > 0
+    if masks.numel() == 0:
+        return masks.new_zeros(*masks.shape[:-2], height, width)
+    pooled = F.adaptive_max_pool2d(masks[:, None].to(torch.bfloat16), (height, width))  # (K, 1, height, width)
+    return pooled[:, 0] > 0
 
 
 def _crop_span(u: float, length: int, lo: int, hi: int, full: int) -> tuple[int, int]:
