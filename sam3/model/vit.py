@@ -5,7 +5,9 @@ Patch embedding without bias, an absolute position embedding learned at a pre-tr
 a class-token slot that is dropped) and tiled over the working token grid, pre-LayerNorm blocks with
 2-D axial rotary position encoding (RoPE), windowed attention in most blocks and global attention
 in a few, and stochastic depth. Any input whose sides are multiples of the patch size works: RoPE
-tables for a new token grid are computed once and cached, and windowed blocks pad to whole windows.
+tables for a new token grid are computed once and cached, and windowed blocks pad to whole windows
+(zero tokens after the block's first LayerNorm, attended to without a mask, as in the released model).
+Global-attention blocks rescale RoPE positions per axis so any grid spans the window's range.
 
 Parameter and buffer names follow Meta's released SAM3 checkpoint (`trunk.*` keys). The persistent
 `attn.freqs_cis` buffers (complex RoPE tables for the grid the model was configured for) exist for
