@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import DetectorOutput, PairTargets
 
-__all__ = ["Matches", "HungarianMatcher", "OneToManyMatcher", "pairwise_box_iou_giou"]
+__all__ = ["Matches", "HungarianMatcher", "OneToManyMatcher"]
 
 
 @dataclass
@@ -86,6 +86,7 @@ class HungarianMatcher:
         self.focal_gamma = focal_gamma
         self.stable = stable
 
+    @torch.no_grad()
     def cost(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
         """Matching cost of every target slot against every query (lower is better), target-major.
 
@@ -95,41 +96,54 @@ class HungarianMatcher:
             target_boxes: (..., N, 4) normalised cxcywh, batch dims broadcastable against `pred_boxes`'.
 
         Returns:
-            (..., N, Q) float32 cost. Rows of zero-size (placeholder) targets are finite but
-            meaningless; callers drop them.
+            (..., N, Q) float32 cost.
         """
-        pred_logits = pred_logits.float()
-        pred_boxes = pred_boxes.float()
-        target_boxes = target_boxes.float()
-        batch = torch.broadcast_shapes(pred_boxes.shape[:-2], target_boxes.shape[:-2])
-        cost = torch.cdist(
-            target_boxes.expand(*batch, *target_boxes.shape[-2:]),
-            pred_boxes.expand(*batch, *pred_boxes.shape[-2:]),
-            p=1,
-        ).mul_(self.cost_bbox)  # (..., N, Q)
-        _, giou = pairwise_box_iou_giou(box_cxcywh_to_xyxy(target_boxes), box_cxcywh_to_xyxy(pred_boxes))
-        cost.sub_(giou, alpha=self.cost_giou)
+        logits = pred_logits.float()
+        per_query = torch.stack([*self._class_terms(logits), *pred_boxes.float().unbind(-1)])  # (6, ..., Q)
+        target = [c.unsqueeze(-1) for c in target_boxes.float().unbind(-1)]  # 4 x (..., N, 1)
+        shape = torch.broadcast_shapes(per_query.shape[1:-1] + (1, per_query.shape[-1]), target[0].shape)
+        return self._cost([c.unsqueeze(-2).expand(shape) for c in per_query], target)  # (..., N, Q)
+
+    def _class_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-query class quantities: (focal cost, log p) when not stable, (log p, log(1 - p)) when stable."""
+        log_p, log_one_minus_p = F.logsigmoid(logits), F.logsigmoid(-logits)
         if self.stable:
-            # p' = p * r with r = (GIoU + 1) / 2, in log space: 1 - p r = (1 - r) + r (1 - p).
-            ratio = giou.add_(1).div_(2).clamp_(min=0.0, max=1.0)
-            log_ratio = ratio.clamp(min=1e-12).log()
-            log_p = F.logsigmoid(pred_logits).unsqueeze(-2) + log_ratio
-            log_one_minus_p = torch.logaddexp(
-                torch.log1p(-ratio), log_ratio + F.logsigmoid(-pred_logits).unsqueeze(-2)
-            )
-            class_cost = _focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma)
-        else:
-            class_cost = _focal_cost(
-                F.logsigmoid(pred_logits), F.logsigmoid(-pred_logits), self.focal_alpha, self.focal_gamma
-            ).unsqueeze(-2)  # (..., 1, Q)
-        return cost.add_(class_cost, alpha=self.cost_class)
+            return log_p, log_one_minus_p
+        return _focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma), log_p
+
+    def _cost(self, per_query: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+        """Cost from broadcastable planes.
+
+        Args:
+            per_query: the two `_class_terms` and the predicted cx, cy, w, h, each (..., 1 or N, Q).
+            target: the target cx, cy, w, h, each (..., N, 1).
+        """
+        class_a, class_b, *pred = per_query
+        (pcx, pcy, pw, ph), (tcx, tcy, tw, th) = pred, target
+        l1 = torch.sub(pcx, tcx).abs_()
+        scratch = torch.empty_like(l1)
+        for p, t in ((pcy, tcy), (pw, tw), (ph, th)):
+            l1.add_(torch.sub(p, t, out=scratch).abs_())  # (..., N, Q)
+        giou = _iou_cxcywh(pred, target, generalized=True)
+        cost = l1.mul_(self.cost_bbox).sub_(giou, alpha=self.cost_giou)
+        if not self.stable:
+            return cost.add_(class_a, alpha=self.cost_class)
+        # p' = p * r with r = (GIoU + 1) / 2, in log space: 1 - p r = (1 - r) + r (1 - p).
+        ratio = giou.add_(1).div_(2).clamp_(min=0.0, max=1.0)
+        log_ratio = ratio.clamp(min=1e-12).log()
+        log_p = class_a + log_ratio
+        log_one_minus_p = torch.logaddexp(torch.log1p(-ratio), log_ratio.add_(class_b))
+        return cost.add_(_focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma), alpha=self.cost_class)
 
     @torch.no_grad()
     def match_heads(self, heads: Sequence[DetectorOutput], targets: PairTargets) -> list[Matches]:
         """Matches several prediction heads over the same targets with one cost computation.
 
-        All heads must have the same number of pairs and queries. The cost tensor of every head and
-        pair is built on the predictions' device and copied to the host once (the only host sync).
+        All heads must have the same number of pairs and queries. Costs are computed on the
+        predictions' device for the visible targets only, packed: one row of Q costs per visible
+        target and head, so padding and invisible placeholders cost nothing. The visibility mask is
+        read on the host (a copy that waits for nothing but the forward when targets live on an
+        accelerator) and the packed costs come back in one transfer.
 
         Args:
             heads: K outputs over the same Npairs pairs, each with `pred_logits` (Npairs, Q, 1) and
@@ -150,49 +164,61 @@ class HungarianMatcher:
         if len(targets) != num_pairs:
             raise ValueError(f"HungarianMatcher: {num_pairs} predicted pairs but {len(targets)} target pairs")
         device = heads[0].pred_logits.device
-        num_slots = targets.boxes_padded.shape[1]
-        if num_slots == 0 or num_pairs == 0 or num_queries == 0:
+        visible = targets.is_visible_padded.cpu()  # (Npairs, N)
+        pair_host, slot_host = visible.nonzero(as_tuple=True)  # (T,) each, pair-major
+        if pair_host.numel() == 0 or num_queries == 0:
             return [Matches.empty(device) for _ in heads]
 
-        logits = torch.stack([h.pred_logits.squeeze(-1) for h in heads])  # (K, Npairs, Q)
-        boxes = torch.stack([h.pred_boxes for h in heads])  # (K, Npairs, Q, 4)
-        cost = self.cost(logits, boxes, targets.boxes_padded.to(device).unsqueeze(0))  # (K, Npairs, N, Q)
-        visible = targets.is_visible_padded.to(device=device, dtype=cost.dtype)  # (Npairs, N)
-        # The visibility rides along as an extra query column so one transfer brings both to the host.
-        host = torch.cat([cost, visible.expand(len(heads), -1, -1).unsqueeze(-1)], dim=-1).cpu().numpy()
-        return self._assign(host, device)
+        pair = pair_host.to(device, non_blocking=True)
+        slot = slot_host.to(device, non_blocking=True)
+        target_boxes = targets.boxes_padded.to(device)[pair, slot].float()  # (T, 4)
+        logits = torch.stack([h.pred_logits.squeeze(-1) for h in heads]).float()  # (K, Npairs, Q)
+        boxes = torch.stack([h.pred_boxes for h in heads]).float()  # (K, Npairs, Q, 4)
+        per_query = torch.stack([*self._class_terms(logits), *boxes.unbind(-1)], dim=1)  # (K, 6, Npairs, Q)
+        per_query = per_query.transpose(0, 2).contiguous()  # (Npairs, 6, K, Q)
+        per_query = per_query.index_select(0, pair)  # (T, 6, K, Q): each visible target's own pair's queries
+        target = list(target_boxes[:, :, None, None].unbind(1))  # 4 x (T, 1, 1)
+        cost = self._cost(list(per_query.unbind(1)), target).transpose(0, 1)  # (K, T, Q)
+        host = cost.cpu().numpy().astype(np.float64)  # (K, T, Q)
+        counts = visible.sum(1).tolist()
+        return self._assign(host, counts, pair_host.numpy(), slot_host.numpy(), device)
 
     def __call__(self, output: DetectorOutput, targets: PairTargets) -> Matches:
         """Matches one head; see `match_heads`."""
         return self.match_heads([output], targets)[0]
 
     @staticmethod
-    def _assign(host: np.ndarray, device: torch.device) -> list[Matches]:
-        """Solves every (head, pair) assignment on the host. host: (K, Npairs, N, Q + 1), last column = visibility."""
-        cost, visible = host[..., :-1], host[0, :, :, -1] > 0.5  # (K, Npairs, N, Q), (Npairs, N)
-        if not np.isfinite(cost).all():
-            head, pair = np.argwhere(~np.isfinite(cost))[0][:2]
+    def _assign(host: np.ndarray, counts: list[int], pairs: np.ndarray, slots: np.ndarray, device: torch.device) -> list[Matches]:
+        """Solves every (head, pair) assignment on the host.
+
+        Args:
+            host: (K, T, Q) packed costs, the rows of each pair contiguous in pair order.
+            counts: visible targets per pair.
+            pairs: (T,) the pair of each packed row.
+            slots: (T,) the slot of each packed row.
+        """
+        if not np.isfinite(host).all():
+            head, row = np.argwhere(~np.isfinite(host))[0][:2]
             raise ValueError(
-                f"HungarianMatcher: the matching cost of head {head}, pair {pair} holds NaN or inf "
+                f"HungarianMatcher: the matching cost of head {head}, pair {pairs[row]} holds NaN or inf "
                 "(non-finite predicted logits or boxes?)"
             )
-        num_heads, num_pairs = cost.shape[:2]
-        found: list[list[np.ndarray]] = [[] for _ in range(num_heads)]  # per head: (3, m) blocks
-        for pair in range(num_pairs):
-            rows = np.flatnonzero(visible[pair])
-            if rows.size == 0:
+        rows: list[list[np.ndarray]] = [[] for _ in range(host.shape[0])]
+        queries: list[list[np.ndarray]] = [[] for _ in range(host.shape[0])]
+        start = 0
+        for count in counts:
+            if count == 0:
                 continue
-            for head in range(num_heads):
-                picked_rows, picked_queries = linear_sum_assignment(cost[head, pair, rows])  # (n, Q) problem
-                found[head].append(
-                    np.stack([np.full(picked_rows.size, pair), picked_queries, rows[picked_rows]]).astype(np.int64)
-                )
+            for head in range(host.shape[0]):
+                picked_rows, picked_queries = linear_sum_assignment(host[head, start : start + count])  # (n, Q)
+                rows[head].append(picked_rows + start)
+                queries[head].append(picked_queries)
+            start += count
         out = []
-        for blocks in found:
-            if not blocks:
-                out.append(Matches.empty(device))
-                continue
-            flat = torch.from_numpy(np.concatenate(blocks, axis=1)).to(device, non_blocking=True)  # (3, M)
+        for head_rows, head_queries in zip(rows, queries):
+            packed_rows = np.concatenate(head_rows)
+            flat = np.stack([pairs[packed_rows], np.concatenate(head_queries), slots[packed_rows]]).astype(np.int64)
+            flat = torch.from_numpy(flat).to(device, non_blocking=True)  # (3, M)
             out.append(Matches(flat[0], flat[1], flat[2]))
         return out
 
@@ -225,54 +251,60 @@ class OneToManyMatcher:
             targets: the pairs' targets; only visible instances are assigned.
 
         Returns:
-            `Matches` with every query at most once, ordered by pair then query.
+            `Matches` with every query at most once, ordered by target (pair-major) then score.
         """
         device = output.pred_logits.device
         num_pairs, num_queries = output.pred_logits.shape[:2]
-        num_slots = targets.boxes_padded.shape[1]
-        if num_slots == 0 or num_pairs == 0 or num_queries == 0:
+        visible = targets.is_visible_padded.cpu()
+        pair_host, slot_host = visible.nonzero(as_tuple=True)  # (T,) each
+        if pair_host.numel() == 0 or num_queries == 0:
             return Matches.empty(device)
-        prob = output.pred_logits.squeeze(-1).float().sigmoid()  # (Npairs, Q)
-        iou, _ = pairwise_box_iou_giou(
-            box_cxcywh_to_xyxy(output.pred_boxes.float()),
-            box_cxcywh_to_xyxy(targets.boxes_padded.to(device).float()),
-        )  # (Npairs, Q, N)
-        score = self.alpha * prob.unsqueeze(-1) + (1 - self.alpha) * iou
-        visible = targets.is_visible_padded.to(device).unsqueeze(1)  # (Npairs, 1, N)
-        score = score.masked_fill(~visible, -torch.inf)
-        top = score.topk(min(self.topk, num_queries), dim=1).indices  # (Npairs, k, N)
-        selected = torch.zeros_like(score, dtype=torch.bool).scatter_(1, top, True)
-        selected &= score > self.threshold
-        best_target = score.masked_fill(~selected, -torch.inf).argmax(-1)  # (Npairs, Q)
-        pair_idx, query_idx = selected.any(-1).nonzero(as_tuple=True)
-        return Matches(pair_idx, query_idx, best_target[pair_idx, query_idx])
+        pair = pair_host.to(device, non_blocking=True)
+        slot = slot_host.to(device, non_blocking=True)
+        target = list(targets.boxes_padded.to(device)[pair, slot].float().unsqueeze(-1).unbind(-2))  # 4 x (T, 1)
+        per_query = torch.cat([output.pred_logits.float().sigmoid(), output.pred_boxes.float()], dim=-1)
+        per_query = per_query.transpose(1, 2).contiguous().index_select(0, pair)  # (T, 5, Q)
+        prob, *pred = per_query.unbind(1)
+        score = _iou_cxcywh(pred, target).mul_(1 - self.alpha).add_(prob, alpha=self.alpha)  # (T, Q)
+        top_score, top_query = score.topk(min(self.topk, num_queries), dim=1)  # (T, k)
+        selected = top_score > self.threshold
+        # A query picked by several targets of its pair stays with the best-scoring one (then the first).
+        key = (pair.unsqueeze(1) * num_queries + top_query).flatten()  # (T k,) one key per (pair, query)
+        candidate = top_score.masked_fill(~selected, -torch.inf).flatten()
+        best = torch.full((num_pairs * num_queries,), -torch.inf, device=device)
+        best = best.scatter_reduce(0, key, candidate, reduce="amax")
+        row = torch.arange(key.numel(), device=device)
+        is_best = selected.flatten() & (candidate == best[key])
+        first = torch.full_like(best, key.numel(), dtype=torch.int64)
+        first = first.scatter_reduce(0, key, row.masked_fill(~is_best, key.numel()), reduce="amin")
+        keep = (is_best & (first[key] == row)).view_as(selected)  # (T, k)
+        target_row, rank = keep.nonzero(as_tuple=True)
+        return Matches(pair[target_row], top_query[target_row, rank], slot[target_row])
 
 
-def pairwise_box_iou_giou(boxes1_xyxy: torch.Tensor, boxes2_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """IoU and generalised IoU of every box of `boxes1` with every box of `boxes2`, batched.
+def _iou_cxcywh(pred: list[torch.Tensor], target: list[torch.Tensor], generalized: bool = False) -> torch.Tensor:
+    """IoU (or generalised IoU) from broadcastable cxcywh planes (4 tensors each side); zero areas give no NaN.
 
-    Works coordinate by coordinate on broadcast (..., Q, 1) x (..., 1, N) views, so every intermediate
-    is one contiguous (..., Q, N) tensor (several times faster than slicing stacked corners).
-
-    Args:
-        boxes1_xyxy: (..., Q, 4).
-        boxes2_xyxy: (..., N, 4), batch dims broadcastable against `boxes1_xyxy`'s.
-
-    Returns:
-        (..., Q, N) IoU and (..., Q, N) GIoU; zero-area unions and hulls give 0 instead of NaN.
+    Written in place on four full-size buffers: on CPU, fresh large tensors cost page faults that
+    dominate these cheap elementwise ops.
     """
-    x0a, y0a, x1a, y1a = (c.unsqueeze(-1) for c in boxes1_xyxy.unbind(-1))  # (..., Q, 1) each
-    x0b, y0b, x1b, y1b = (c.unsqueeze(-2) for c in boxes2_xyxy.unbind(-1))  # (..., 1, N) each
-    area_a = (x1a - x0a) * (y1a - y0a)
-    area_b = (x1b - x0b) * (y1b - y0b)
-    inter = (torch.minimum(x1a, x1b) - torch.maximum(x0a, x0b)).clamp_(min=0)
-    inter.mul_((torch.minimum(y1a, y1b) - torch.maximum(y0a, y0b)).clamp_(min=0))  # (..., Q, N)
-    union = (area_a + area_b).sub_(inter)
-    iou = inter.div_(union.clamp(min=1e-12))
-    hull = torch.maximum(x1a, x1b).sub_(torch.minimum(x0a, x0b))
-    hull.mul_(torch.maximum(y1a, y1b).sub_(torch.minimum(y0a, y0b)))
-    giou = iou - (hull - union).div_(hull.clamp(min=1e-12))
-    return iou, giou
+    (pcx, pcy, pw, ph), (tcx, tcy, tw, th) = pred, target
+    overlaps, spans = [], []
+    for centre_p, size_p, centre_t, size_t in ((pcx, pw, tcx, tw), (pcy, ph, tcy, th)):
+        low = torch.add(centre_p, size_p, alpha=-0.5).clamp_(min=torch.add(centre_t, size_t, alpha=-0.5))
+        overlap = torch.add(centre_p, size_p, alpha=0.5).clamp_(max=torch.add(centre_t, size_t, alpha=0.5))
+        overlap.sub_(low)  # signed overlap: min of the high ends minus max of the low ends
+        span = torch.add(size_p, size_t, out=low).sub_(overlap)  # hull extent = both sizes minus the overlap
+        overlaps.append(overlap.clamp_(min=0))
+        spans.append(span)
+    inter = overlaps[0].mul_(overlaps[1])
+    hull = spans[0].mul_(spans[1]).clamp_(min=1e-12)
+    union = torch.mul(pw, ph, out=overlaps[1]).add_(tw * th).sub_(inter).clamp_(min=1e-12)
+    iou = inter.div_(union)
+    if not generalized:
+        return iou
+    # GIoU = IoU - (hull - union) / hull
+    return iou.add_(union.sub_(hull).div_(hull))
 
 
 def _focal_cost(log_p: torch.Tensor, log_one_minus_p: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:

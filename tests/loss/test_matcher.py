@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sam3.loss.matcher import HungarianMatcher, OneToManyMatcher, pairwise_box_iou_giou
+from sam3.loss.matcher import HungarianMatcher, OneToManyMatcher
 from sam3.ops.boxes import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from sam3.structures import DetectorOutput, PairIndex, PairTargets
 
@@ -84,12 +84,14 @@ def test_cost_matches_formula() -> None:
     assert HungarianMatcher(stable=True).cost(logit, box, target).item() == pytest.approx(expected_s.item(), rel=1e-5)
 
 
-def test_pairwise_iou_giou_match_torchvision(generator) -> None:
-    a = box_cxcywh_to_xyxy(torch.rand(7, 4, generator=generator) * 0.5 + 0.1)
-    b = box_cxcywh_to_xyxy(torch.rand(5, 4, generator=generator) * 0.5 + 0.1)
-    iou, giou = pairwise_box_iou_giou(a, b)
-    torch.testing.assert_close(iou, box_iou(a, b))
-    torch.testing.assert_close(giou, generalized_box_iou(a, b))
+def test_cost_matrix_matches_torchvision(generator) -> None:
+    logits = torch.randn(7, generator=generator)
+    boxes, targets = torch.rand(7, 4, generator=generator) * 0.4 + 0.1, torch.rand(5, 4, generator=generator) * 0.4 + 0.1
+    p = logits.sigmoid()
+    focal = -0.25 * (1 - p) ** 2 * p.log() + 0.75 * p**2 * (1 - p).log()  # (Q,)
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(targets), box_cxcywh_to_xyxy(boxes))  # (N, Q)
+    expected = 2 * focal[None] + 5 * torch.cdist(targets, boxes, p=1) - 2 * giou
+    torch.testing.assert_close(HungarianMatcher().cost(logits, boxes, targets), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_batched_equals_per_pair(problem) -> None:
@@ -173,7 +175,7 @@ def test_one_to_many_matches_reference_and_never_reuses_a_query(problem_generato
     pairs_queries = list(zip(matches.pair_idx.tolist(), matches.query_idx.tolist()))
     assert len(pairs_queries) == len(set(pairs_queries)), "a query was assigned twice"
     assert visible[matches.pair_idx, matches.target_idx].all()
-    iou, _ = pairwise_box_iou_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
+    iou = torch.stack([box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes)])
     expected = _o2m_reference(logits.sigmoid(), iou, visible, 0.3, 0.3, 4)
     got = sorted(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist()))
     assert got == expected
