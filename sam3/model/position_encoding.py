@@ -40,7 +40,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
-        self._grid_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._grid_cache: dict[tuple[int, int, torch.device, bool], torch.Tensor] = {}
 
     def _inv_freq(self, device: torch.device) -> torch.Tensor:
         """(C/2,) inverse frequencies, each repeated for a sin/cos pair."""
@@ -64,7 +64,7 @@ class PositionEmbeddingSine(nn.Module):
             (B, C, H, W) float32 encodings, y channels first; computed once per (H, W, device).
         """
         h, w = x.shape[-2:]
-        key = (h, w, x.device)
+        key = (h, w, x.device, torch.is_inference_mode_enabled())  # inference tensors are kept apart
         if key not in self._grid_cache:
             y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=x.device)
             x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=x.device)

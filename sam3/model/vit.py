@@ -226,7 +226,7 @@ class RopeAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope_grid = rope_grid
         self.register_buffer("freqs_cis", self.rope_table(rope_grid, rope_grid))
-        self._rope_cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[tuple[int, int, torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_table(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
         """Complex RoPE table for an (h, w) grid in row-major token order: (h*w, head_dim / 2) complex64."""
@@ -252,7 +252,8 @@ class RopeAttention(nn.Module):
         if (h, w) == (self.rope_grid, self.rope_grid) and self.freqs_cis.device == device:
             table = self.freqs_cis
             return table.real, table.imag
-        key = (h, w, device)
+        # Tensors made under inference mode cannot be saved for backward: cache them separately.
+        key = (h, w, device, torch.is_inference_mode_enabled())
         if key not in self._rope_cache:
             logger.debug("RoPE table for a %dx%d grid on %s", h, w, device)
             table = self.rope_table(h, w, device)

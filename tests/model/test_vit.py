@@ -94,6 +94,16 @@ def test_rope_for_a_new_size_equals_a_model_built_at_that_size():
     assert torch.equal(built_224.blocks[windowed].attn.freqs_cis, built_336.blocks[windowed].attn.freqs_cis)
 
 
+def test_training_after_inference_mode_at_a_new_size(backbone):
+    images = torch.randn(1, 3, 280, 280)
+    backbone.eval()
+    with torch.inference_mode():
+        backbone.forward_image(images)
+    backbone.train()
+    out = backbone.forward_image(images)
+    (out["backbone_fpn"][0].mean() + out["vision_pos_enc"][0].mul(out["backbone_fpn"][0]).mean()).backward()
+
+
 def test_activation_checkpointing_gives_identical_gradients():
     torch.manual_seed(0)
     plain = tiny_trunk(drop_path_rate=0.0).train()
