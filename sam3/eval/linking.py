@@ -1,7 +1,7 @@
 """Masklet linking: per-frame detections of one (video, prompt) joined across frames into masklets.
 
-Frame by frame, the live masklets (each represented by its last detected mask) are matched to the
-frame's detections by Hungarian matching on mask IoU; a match needs IoU >= `match_iou_thresh`.
+Frame by frame, the live masklets (each represented by its last detected mask, optionally moved
+by its centroid velocity) are matched to the frame's detections by Hungarian matching on mask IoU; a match needs IoU >= `match_iou_thresh`.
 Unmatched detections with score >= `birth_score_thresh` start new masklets (birth); a masklet missed
 for more than `max_gap` consecutive frames stops being matchable (death). At the end, masklets detected
 in fewer than `min_length` frames are dropped, and each masklet gets a score (mean or max of its
@@ -35,6 +35,8 @@ class LinkingConfig:
             detected in every frame to continue).
         min_length: masklets detected in fewer frames are dropped.
         score_reduction: masklet score from its per-frame detection scores, "mean" or "max".
+        use_motion: compare detections with the masklet's last mask moved by its centroid velocity
+            (constant-velocity prediction) instead of the last mask where it was.
     """
 
     match_iou_thresh: float = 0.3
@@ -42,6 +44,7 @@ class LinkingConfig:
     max_gap: int = 0
     min_length: int = 1
     score_reduction: Literal["mean", "max"] = "mean"
+    use_motion: bool = False
 
 
 @dataclass
@@ -90,36 +93,33 @@ def link_masklets(frames: Sequence[FrameMasks], config: LinkingConfig) -> list[L
 
     Args:
         frames: the T frames' detections (masks of every frame at the same resolution).
-        config: birth, death and gap rules.
+        config: birth, death, gap and motion rules.
     """
     num_frames = len(frames)
-    tracks: list[dict[str, Any]] = []  # {"idx": per-frame detection index, "mask": last mask, "last": frame}
+    tracks: list[_Track] = []
     for t, frame in enumerate(frames):
-        live = [k for k, tr in enumerate(tracks) if t - tr["last"] - 1 <= config.max_gap]
-        matched_dets: set[int] = set()
+        live = [track for track in tracks if t - track.last_frame - 1 <= config.max_gap]
+        matched: set[int] = set()
         if live and len(frame.scores):
-            last_masks = torch.stack([tracks[k]["mask"] for k in live])  # (K, H, W)
-            ious = mask_iou(last_masks, frame.masks.bool()).cpu().numpy()  # (K, N)
+            expected = torch.stack([track.expected_mask(t, config.use_motion) for track in live])  # (K, H, W)
+            ious = mask_iou(expected, frame.masks.bool()).cpu().numpy()  # (K, N)
             rows, cols = linear_sum_assignment(-ious)
-            for r, c in zip(rows, cols):
+            for r, c in zip(rows.tolist(), cols.tolist()):
                 if ious[r, c] >= config.match_iou_thresh:
-                    track = tracks[live[r]]
-                    track["idx"][t] = int(c)
-                    track["mask"] = frame.masks[c].bool()
-                    track["last"] = t
-                    matched_dets.add(int(c))
+                    live[r].add(t, c, frame.masks[c].bool())
+                    matched.add(c)
         for c in range(len(frame.scores)):
-            if c not in matched_dets and float(frame.scores[c]) >= config.birth_score_thresh:
-                idx: list[int | None] = [None] * num_frames
-                idx[t] = c
-                tracks.append({"idx": idx, "mask": frame.masks[c].bool(), "last": t})
+            if c not in matched and float(frame.scores[c]) >= config.birth_score_thresh:
+                track = _Track([None] * num_frames)
+                track.add(t, c, frame.masks[c].bool())
+                tracks.append(track)
     out = []
     for track in tracks:
-        scores = [float(frames[t].scores[i]) for t, i in enumerate(track["idx"]) if i is not None]
+        scores = [float(frames[t].scores[i]) for t, i in enumerate(track.detection_idx) if i is not None]
         if len(scores) < config.min_length:
             continue
         score = max(scores) if config.score_reduction == "max" else float(np.mean(scores))
-        out.append(LinkedMasklet(detection_idx=track["idx"], score=score))
+        out.append(LinkedMasklet(detection_idx=track.detection_idx, score=score))
     return out
 
 
@@ -156,3 +156,49 @@ def masklets_to_records(
             }
         )
     return records
+
+
+class _Track:
+    """A masklet being linked: its detections so far, its last mask and the motion of its centroid."""
+
+    def __init__(self, detection_idx: list[int | None]) -> None:
+        self.detection_idx = detection_idx
+        self.last_frame = -1
+        self.last_mask: torch.Tensor | None = None
+        self.centroid: torch.Tensor | None = None
+        self.velocity = torch.zeros(2)  # (dy, dx) pixels per frame
+
+    def add(self, t: int, det_idx: int, mask: torch.Tensor) -> None:
+        centroid = _centroid(mask)
+        if self.centroid is not None and centroid is not None:
+            self.velocity = (centroid - self.centroid) / (t - self.last_frame)
+        self.detection_idx[t] = det_idx
+        self.last_frame = t
+        self.last_mask = mask
+        self.centroid = centroid if centroid is not None else self.centroid
+
+    def expected_mask(self, t: int, use_motion: bool) -> torch.Tensor:
+        """The last mask, shifted by the centroid velocity times the frames elapsed when `use_motion`."""
+        if not use_motion:
+            return self.last_mask
+        dy, dx = (self.velocity * (t - self.last_frame)).round().long().tolist()
+        return _shift(self.last_mask, dy, dx)
+
+
+def _centroid(mask: torch.Tensor) -> torch.Tensor | None:
+    ys, xs = mask.nonzero(as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    return torch.stack([ys.float().mean(), xs.float().mean()]).cpu()
+
+
+def _shift(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(H, W) mask moved by (dy, dx) pixels; what leaves the frame is dropped, what enters is empty."""
+    height, width = mask.shape
+    out = torch.zeros_like(mask)
+    if abs(dy) >= height or abs(dx) >= width:
+        return out
+    out[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = mask[
+        max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+    ]
+    return out

@@ -21,6 +21,7 @@ Quirks of the toolkit are kept for equal values and marked `toolkit:` below.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -57,10 +58,15 @@ def teta(gt: VEvalGroundTruth, preds: Sequence[Masklet], score_thresh: float = 0
     seen = {m.category_id for m in gt.masklets}
     class_ids = [c for c in gt.category_ids if c in seen]
     kept = [p for p in preds if p.score >= score_thresh]
+    gts_by_video: dict[int, list[Masklet]] = defaultdict(list)
+    preds_by_video: dict[int, list[Masklet]] = defaultdict(list)
+    for m in gt.masklets:
+        gts_by_video[m.video_id].append(m)
+    for p in kept:
+        preds_by_video[p.video_id].append(p)
     per_class: dict[int, list[_Counts]] = {c: [] for c in class_ids}
     for video in gt.videos:
-        video_gts = [m for m in gt.masklets if m.video_id == video.video_id]
-        video_preds = [p for p in kept if p.video_id == video.video_id]
+        video_gts, video_preds = gts_by_video[video.video_id], preds_by_video[video.video_id]
         for cls, counts in _eval_video(video.num_frames, video_gts, video_preds, class_ids).items():
             per_class[cls].append(counts)
     class_results = [_combine_sequences(results) for results in per_class.values() if results]
@@ -172,7 +178,13 @@ def _frame(masklets: Sequence[Masklet], t: int, is_gt: bool) -> _Frame:
     return _Frame(np.array(ids, dtype=int), np.array(classes, dtype=int), rles)
 
 
-def _prepare(gt_frames, pred_frames, sims, cls: int | None, assignment: list[dict] | None) -> _Prepared:
+def _prepare(
+    gt_frames: list[_Frame],
+    pred_frames: list[_Frame],
+    sims: list[np.ndarray],
+    cls: int | None,
+    assignment: list[dict] | None,
+) -> _Prepared:
     """Selects the ground truths of `cls` (all when None) and the predictions that may match them."""
     num_frames = len(gt_frames)
     gt_masks, overlap_orig, exh_orig = [], [], []

@@ -126,7 +126,14 @@ def evaluate_veval_files(gt_path: str | Path, pred_path: str | Path, **kwargs: A
     return evaluate_veval(gt, preds, **kwargs)
 
 
-def _add_hota(gt, preds, score_thresh, results, per_pair) -> None:
+def _add_hota(
+    gt: VEvalGroundTruth,
+    preds: Sequence[Masklet],
+    score_thresh: float,
+    results: dict[str, float],
+    per_pair: dict[Pair, dict[str, float]],
+) -> None:
+    """Phrase HOTA over the (video, phrase) pairs with ground truth or predictions above the threshold."""
     gts_by_pair = _group(gt.masklets)
     kept_by_pair = _group([p for p in preds if p.score > score_thresh])
     pairs = sorted(set(gts_by_pair) | set(kept_by_pair))
@@ -139,7 +146,16 @@ def _add_hota(gt, preds, score_thresh, results, per_pair) -> None:
             per_pair[pair].update({f"{kind}_{name}": value for name, value in seq.summary().items()})
 
 
-def _add_cgf1(gt, preds, table, score_thresh, with_demo_extras, results, per_pair) -> None:
+def _add_cgf1(
+    gt: VEvalGroundTruth,
+    preds: Sequence[Masklet],
+    table: MaskletIoUTable,
+    score_thresh: float,
+    with_demo_extras: bool,
+    results: dict[str, float],
+    per_pair: dict[Pair, dict[str, float]],
+) -> None:
+    """cgF1 over every pair with ground truth or predictions, plus the negative pairs of the ground truth."""
     gts_by_pair = _group([m for m in gt.masklets if not m.is_crowd])
     kept_by_pair = _group([p for p in preds if p.score >= score_thresh])
     pairs = list(_pair_video_ids(gt.masklets, preds))

@@ -93,3 +93,18 @@ def test_records_follow_the_prediction_format():
     parsed = parse_predictions(records, gt)
     assert len(parsed) == 3 and all(m.num_frames == T for m in parsed)
     assert parsed[2].segmentations[0] is None and parsed[2].segmentations[4] is not None
+
+
+def test_motion_prediction_bridges_a_gap_of_a_moving_object():
+    positions = [10, 13, 16, None, None, None, 28, 31]  # x of a radius-6 disc moving 3 px per frame
+    frames = []
+    for x in positions:
+        if x is None:
+            frames.append(FrameMasks(torch.zeros(0, H, W, dtype=torch.bool), torch.zeros(0)))
+        else:
+            frames.append(FrameMasks(_disc(x, 20, 6)[None], torch.tensor([0.8])))
+    detected = [0 if x is not None else None for x in positions]
+    still = link_masklets(frames, LinkingConfig(match_iou_thresh=0.5, max_gap=3))
+    assert [m.detection_idx for m in still] == [detected[:3] + [None] * 5, [None] * 6 + detected[6:]]
+    moving = link_masklets(frames, LinkingConfig(match_iou_thresh=0.5, max_gap=3, use_motion=True))
+    assert [m.detection_idx for m in moving] == [detected]
