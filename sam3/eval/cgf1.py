@@ -14,6 +14,9 @@ for t in 0.50:0.05:0.95. The definitions follow SAM3's evaluator:
   positive macro F1 (mean of the per-pair F1 over pairs with ground truth and predictions: `pmf1`;
   over all pairs with ground truth: `pmf1_w0dt`) and their products with IL_MCC (`cgf1`, `cgf1_w0dt`).
 The small constants (1e-4 in instance ratios, 1e-6 in IL ratios) are SAM3's, kept for equal values.
+Two deliberate differences, both where SAM3 divides by zero: `ilmcc_50` / `ilmcc_75` are IL_MCC itself
+(SAM3 writes cgF1 / positive_micro_F1, the same number, or NaN when that F1 is 0), and a positive macro
+F1 without any qualifying pair is 0 (SAM3: NaN).
 """
 
 from __future__ import annotations

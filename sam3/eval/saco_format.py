@@ -92,8 +92,9 @@ class VEvalGroundTruth:
     masklets: list[Masklet]
     np_pairs: list[tuple[int, int]] | None
 
-    def video(self, video_id: int) -> Video:
-        return self._videos_by_id[video_id]
+    def video(self, video_id: int) -> Video | None:
+        """The video with this id, or None."""
+        return self._videos_by_id.get(video_id)
 
     def __post_init__(self) -> None:
         self._videos_by_id = {v.video_id: v for v in self.videos}
@@ -124,8 +125,7 @@ def parse_ground_truth(data: dict[str, Any], source: str = "<ground truth>") -> 
         video = by_id.get(int(ann["video_id"]))
         if video is None:
             raise ValueError(f"{where}: video_id {ann['video_id']} is not in 'videos'")
-        masklets.append(_parse_masklet(ann, int(ann["id"]), video, where, score=1.0))
-        masklets[-1].is_crowd = bool(ann.get("iscrowd", 0))
+        masklets.append(_parse_masklet(ann, int(ann["id"]), video, where, 1.0, bool(ann.get("iscrowd", 0))))
     np_pairs = None
     if "video_np_pairs" in data:
         np_pairs = [(int(p["video_id"]), int(p["category_id"])) for p in data["video_np_pairs"]]
@@ -147,10 +147,10 @@ def parse_predictions(data: list[dict[str, Any]], gt: VEvalGroundTruth, source: 
     for i, pred in enumerate(data):
         where = f"{source}: predictions[{i}]"
         _require(pred, ("video_id", "category_id", "score", "bboxes"), where)
-        video = gt._videos_by_id.get(int(pred["video_id"]))
+        video = gt.video(int(pred["video_id"]))
         if video is None:
             raise ValueError(f"{where}: video_id {pred['video_id']} is not in the ground truth")
-        masklets.append(_parse_masklet(pred, i + 1, video, where, score=float(pred["score"])))
+        masklets.append(_parse_masklet(pred, i + 1, video, where, float(pred["score"]), False))
     return masklets
 
 
@@ -164,7 +164,9 @@ def write_predictions(records: list[dict[str, Any]], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def _parse_masklet(ann: dict[str, Any], masklet_id: int, video: Video, where: str, score: float) -> Masklet:
+def _parse_masklet(
+    ann: dict[str, Any], masklet_id: int, video: Video, where: str, score: float, is_crowd: bool
+) -> Masklet:
     boxes = ann["bboxes"]
     segms = ann.get("segmentations") or [None] * len(boxes)
     areas = ann.get("areas") or [None] * len(boxes)
@@ -180,6 +182,7 @@ def _parse_masklet(ann: dict[str, Any], masklet_id: int, video: Video, where: st
         segmentations=[_compressed(s, video) for s in segms],
         areas=list(areas),
         score=score,
+        is_crowd=is_crowd,
     )
 
 
