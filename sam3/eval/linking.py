@@ -21,7 +21,15 @@ from scipy.optimize import linear_sum_assignment
 from sam3.eval.postprocess import FramePredictions
 from sam3.ops.masks import mask_iou, rle_decode
 
-__all__ = ["LinkingConfig", "FrameMasks", "LinkedMasklet", "frame_masks", "link_masklets", "masklets_to_records"]
+__all__ = [
+    "LinkingConfig",
+    "FrameMasks",
+    "LinkedMasklet",
+    "frame_masks",
+    "link_masklets",
+    "masklets_to_records",
+    "link_video",
+]
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,31 @@ def masklets_to_records(
                 "areas": areas,
             }
         )
+    return records
+
+
+
+def link_video(
+    video_id: Any,
+    category_ids: Sequence[int],
+    frames: Sequence[Sequence[FramePredictions]],
+    size: tuple[int, int],
+    config: LinkingConfig,
+) -> list[dict[str, Any]]:
+    """Prediction records of one video: every prompt's per-frame predictions linked into masklets.
+
+    Args:
+        video_id: the video's id in the ground truth.
+        category_ids: the P prompts' category ids.
+        frames: T frames, each with the P prompts' original-size predictions (in `category_ids` order).
+        size: the video's original (height, width).
+        config: linking rules.
+    """
+    records = []
+    for p, category_id in enumerate(category_ids):
+        per_frame = [frame[p] for frame in frames]
+        masklets = link_masklets([frame_masks(pred, size) for pred in per_frame], config)
+        records += masklets_to_records(video_id, category_id, per_frame, masklets)
     return records
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "load_predictions",
     "parse_predictions",
     "write_predictions",
+    "merge_prediction_shards",
 ]
 
 Box = list[float]
@@ -162,6 +163,22 @@ def write_predictions(records: list[dict[str, Any]], path: str | Path) -> None:
     with open(tmp, "w") as f:
         json.dump(records, f)
     tmp.replace(path)
+
+
+def merge_prediction_shards(shards: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Concatenates prediction records gathered from several ranks, without duplicated (video, phrase) pairs.
+
+    A distributed sampler pads its last batches with repeated samples, so a (video, category) pair may
+    come from two ranks; only the first shard holding a pair keeps its masklets.
+    """
+    owner: dict[tuple[Any, Any], int] = {}
+    merged = []
+    for shard_idx, shard in enumerate(shards):
+        for record in shard:
+            key = (record["video_id"], record["category_id"])
+            if owner.setdefault(key, shard_idx) == shard_idx:
+                merged.append(record)
+    return merged
 
 
 def _parse_masklet(

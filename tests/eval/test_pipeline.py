@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sam3.eval.linking import LinkingConfig, frame_masks, link_masklets, masklets_to_records
+from sam3.eval.linking import LinkingConfig, link_video
 from sam3.eval.postprocess import PostprocessConfig, postprocess
 from sam3.eval.saco_format import load_predictions, parse_ground_truth, write_predictions
 from sam3.eval.veval import evaluate_veval
@@ -37,8 +37,7 @@ def test_detector_outputs_to_perfect_metrics(tmp_path):
             boxes[0, q] = box_xyxy_to_cxcywh(masks_to_boxes_xyxy(objects[k, t]) / S)
         outputs = DetectorOutput(scores, boxes, boxes, torch.full((1, 1), 4.0), logits)
         per_frame.append(postprocess(outputs, torch.tensor([[S, S]]), PostprocessConfig(score_thresh=0.5))[0])
-    masklets = link_masklets([frame_masks(p, (S, S)) for p in per_frame], LinkingConfig())
-    records = masklets_to_records(0, 1, per_frame, masklets)
+    records = link_video(0, [1], [[p] for p in per_frame], (S, S), LinkingConfig())
     write_predictions(records, tmp_path / "preds.json")
 
     annotations = []

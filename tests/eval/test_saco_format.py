@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from sam3.eval.saco_format import parse_ground_truth, parse_predictions
+from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions
 from tests.eval.conftest import gt_as_predictions
 
 
@@ -43,3 +43,13 @@ def test_uncompressed_rle_is_compressed():
     assert isinstance(rle["counts"], str)
     decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     assert np.array_equal(decoded, mask)
+
+
+def test_merge_prediction_shards_drops_padded_duplicates():
+    a = {"video_id": 1, "category_id": 2, "score": 0.9}
+    b = {"video_id": 1, "category_id": 2, "score": 0.5}
+    c = {"video_id": 1, "category_id": 3, "score": 0.4}
+    d = {"video_id": 4, "category_id": 2, "score": 0.8}
+    # rank 0 holds pair (1, 2) with two masklets; rank 1 repeats it (sampler padding) and adds (1, 3)
+    merged = merge_prediction_shards([[a, b, d], [dict(a), c], [dict(d)]])
+    assert merged == [a, b, d, c]
