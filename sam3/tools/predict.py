@@ -1,0 +1,109 @@
+"""Detect and segment every instance of a text prompt in one image with a SAM3 checkpoint.
+
+    python -m sam3.tools.predict --checkpoint sam3.pt --image street.jpg --prompt "red car" --out overlay.png
+
+Prints one line per detection (score and box in pixels, xyxy) and, with `--out`, writes the image
+with the detections' masks and boxes drawn on it. The image is resized to the model's square input
+without keeping its aspect ratio, as the released model expects; results are mapped back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+from torchvision.transforms.functional import pil_to_tensor
+
+from sam3.model.sam3_image import Sam3Image
+
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "model" / "sam3.yaml"
+COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+
+
+def load_model(config: Path, checkpoint: Path | None, device: torch.device) -> tuple[Sam3Image, int]:
+    """The model of `config` in eval mode with `checkpoint` loaded, and its square input size."""
+    cfg = OmegaConf.load(config)
+    model = instantiate(cfg, checkpoint_path=None if checkpoint is None else str(checkpoint), eval_mode=True)
+    return model.to(device), int(cfg.backbone.vision_backbone.trunk.img_size)
+
+
+@torch.no_grad()
+def predict(
+    model: Sam3Image, image: Image.Image, prompt: str, input_size: int, threshold: float
+) -> dict[str, torch.Tensor]:
+    """Detections of `prompt` in `image`.
+
+    Returns:
+        scores (N,), boxes_xyxy (N, 4) in pixels of `image` (clipped to it), masks (N, height, width) bool; sorted
+        by descending score, only scores above `threshold`.
+    """
+    device = next(model.parameters()).device
+    width, height = image.size
+    pixels = pil_to_tensor(image.convert("RGB")).float().div(255)[None].to(device)  # 1, 3, H, W
+    pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", antialias=True)
+    pixels = (pixels - 0.5) / 0.5
+    vision = model.backbone.forward_image(pixels)
+    text = model.backbone.forward_text([prompt])
+    index = torch.zeros(1, dtype=torch.int64, device=device)
+    out = model.forward_grounding(vision, text, index, index)
+    scores = out.scores()[0]
+    keep = (scores > threshold).nonzero().squeeze(1)
+    keep = keep[scores[keep].argsort(descending=True)]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
+    boxes = out.pred_boxes_xyxy[0, keep].clamp(0, 1) * scale  # clipped to the image
+    result = {"scores": scores[keep].cpu(), "boxes_xyxy": boxes.cpu()}
+    if out.pred_masks is None:
+        result["masks"] = torch.zeros(len(keep), height, width, dtype=torch.bool)
+    else:
+        logits = F.interpolate(out.pred_masks[:, keep], size=(height, width), mode="bilinear", align_corners=False)
+        result["masks"] = (logits[0] > 0).cpu()
+    return result
+
+
+def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor]) -> Image.Image:
+    """`image` with each detection's mask tinted and its box and score drawn."""
+    canvas = image.convert("RGB")
+    for i, mask in enumerate(detections["masks"]):
+        tint = Image.new("RGB", canvas.size, COLORS[i % len(COLORS)])
+        alpha = Image.fromarray((mask.numpy() * 110).astype("uint8"), mode="L")
+        canvas = Image.composite(tint, canvas, alpha)
+    draw = ImageDraw.Draw(canvas)
+    for i, (score, box) in enumerate(zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist())):
+        color = COLORS[i % len(COLORS)]
+        draw.rectangle(box, outline=color, width=3)
+        draw.text((box[0] + 3, box[1] + 2), f"{score:.2f}", fill=color)
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="official, bare, DDP or training checkpoint")
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--prompt", required=True, help='a noun phrase, e.g. "red car"')
+    parser.add_argument("--out", type=Path, default=None, help="write the overlay image here")
+    parser.add_argument("--config", type=Path, default=PRESET, help="model preset YAML matching the checkpoint")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum detection score")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.image.is_file():
+        parser.error(f"--image {args.image} does not exist")
+    model, input_size = load_model(args.config, args.checkpoint, torch.device(args.device))
+    image = Image.open(args.image)
+    detections = predict(model, image, args.prompt, input_size, args.threshold)
+    print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")
+    for score, box in zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist()):
+        print(f"score {score:.3f}  box_xyxy {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}")
+    if args.out is not None:
+        draw_overlay(image, detections).save(args.out)
+        print(f"overlay written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
