@@ -120,3 +120,11 @@ def test_toy_files_reproduce_sam3_results(reference_dir, tmp_path):
         assert ours["dataset_results"][key] == pytest.approx(published[key], abs=1e-6), key
     assert not any(math.isnan(v) for v in ours["dataset_results"].values())
     assert elapsed < 60
+
+
+def test_without_np_pairs_cgf1_is_skipped(veval_gt):
+    del veval_gt["video_np_pairs"]
+    out = _evaluate(veval_gt, gt_as_predictions(veval_gt))
+    assert not any("_demo_" in key for key in out["dataset_results"])
+    assert out["dataset_results"]["video_mask_phrase_ap_50"] == 1.0
+    assert all(r["mask_F1_50"] == 1.0 for r in out["video_np_results"])
