@@ -123,7 +123,6 @@ def _record(masklet: Masklet, ann_id: int, use_categories: bool) -> dict:
         "score": masklet.score,
         "area": float(np.mean(areas)) if areas else 0.0,
         "iscrowd": int(masklet.is_crowd),
-        "bbox": [0.0, 0.0, 0.0, 0.0],
     }
 
 
