@@ -90,13 +90,15 @@ def test_collate_matches_the_pair_contract(shapes_dir):
     texts, text_idx = ClipBatch.dedup_texts(batch.prompts)
     assert batch.texts == texts and len(set(texts)) == len(texts)
     expected = PairIndex.frame_major(batch.frame_clip_idx, batch.frame_indices, text_idx)
-    assert torch.equal(batch.pairs.text_idx, expected.text_idx) and torch.equal(batch.pairs.frame_idx, expected.frame_idx)
+    assert torch.equal(batch.pairs.text_idx, expected.text_idx)
+    assert torch.equal(batch.pairs.frame_idx, expected.frame_idx)
     assert batch.num_pairs == sum(n * len(s.prompts) for n, s in zip(num_local, samples))
     assert all(len(p) <= 6 for p in batch.prompts)
     targets = batch.targets
     assert targets.pairs is batch.pairs and targets.masks_padded.dtype == torch.bool
     for pair in range(batch.num_pairs):
-        clip, slot, prompt = (int(x[pair]) for x in (batch.pairs.clip_idx, batch.pairs.frame_slot, batch.pairs.prompt_idx))
+        index = batch.pairs
+        clip, slot, prompt = (int(x[pair]) for x in (index.clip_idx, index.frame_slot, index.prompt_idx))
         sample = samples[clip]
         local = slot - sum(num_local[:clip])
         inst = sample.prompt_instances[prompt]
@@ -115,7 +117,8 @@ def test_collate_matches_the_pair_contract(shapes_dir):
     ids = targets.object_ids_padded[clip0]
     assert (ids == ids[0]).all()
     assert 0 < targets.total_boxes == int(targets.is_visible_padded.sum())
-    assert batch.meta.orig_sizes.tolist() == [[64, 64]] * sum(num_local) and len(batch.meta.file_names) == sum(num_local)
+    assert batch.meta.orig_sizes.tolist() == [[64, 64]] * sum(num_local)
+    assert len(batch.meta.file_names) == sum(num_local)
     assert batch.clip_ids == [(0, 0), (0, 3), (0, 8)]
 
 

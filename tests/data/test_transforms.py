@@ -66,7 +66,8 @@ def test_flip_mirrors_boxes_masks_and_phrases():
     assert torch.equal(out_masks[0, 0], masks[0, 0].flip(-1))
     assert out_boxes[0, 0].tolist() == [12.0, 2.0, 15.0, 6.0]
     assert images[0, 0, :, 12:].min() == 1.0 and images[0, 0, :, :12].max() == -1.0
-    assert transform.phrase("the Left hand left of the rightmost cup", params) == "the Right hand right of the leftmost cup"
+    flipped = transform.phrase("the Left hand left of the rightmost cup", params)
+    assert flipped == "the Right hand right of the leftmost cup"
     assert transform.phrase("bright light", params) == "bright light"
     assert transform.phrase("the left hand", ClipTransformParams((0, 0, 16, 16))) == "the left hand"
 
@@ -84,9 +85,9 @@ def test_eval_transform_only_resizes_and_normalises():
 def test_no_local_frames_gives_empty_outputs():
     transform = ClipTransform(8, augment=STRONG)
     params = transform.draw(clip_rng(0, 0, 0), 16, 16, torch.zeros(0, 4))
-    images, boxes, masks = transform(
-        torch.zeros(0, 3, 16, 16, dtype=torch.uint8), torch.zeros(0, 3, 4), torch.zeros(0, 3, 16, 16, dtype=torch.bool), params
-    )
+    frames = torch.zeros(0, 3, 16, 16, dtype=torch.uint8)
+    empty_masks = torch.zeros(0, 3, 16, 16, dtype=torch.bool)
+    images, boxes, masks = transform(frames, torch.zeros(0, 3, 4), empty_masks, params)
     assert images.shape == (0, 3, 8, 8) and boxes.shape == (0, 3, 4) and masks.shape == (0, 3, 8, 8)
 
 
