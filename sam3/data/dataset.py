@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from sam3.data.collate import ClipSample
 from sam3.data.frames import read_frame
-from sam3.data.index import DatasetIndex
+from sam3.data.index import DatasetIndex, Masklet
 from sam3.data.prompts import PromptConfig, select_prompts
 from sam3.data.readers import OnError, load_annotations
 from sam3.data.sampler import ClipKey, clip_rng, frames_of_rank, sample_clip_frames
@@ -56,6 +56,8 @@ class VideoGroundingDataset(Dataset):
         group_size: F, ranks in this rank's frame group.
         group_rank: this rank's index in its frame group; it holds frames t with t mod F == group_rank.
         seed: the seed of every clip's random stream (the same on every rank).
+        load_masks: decode the masks (False gives box-only targets, e.g. for evaluation of long videos,
+            whose metrics read the masks from the annotation file).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class VideoGroundingDataset(Dataset):
         group_size: int = 1,
         group_rank: int = 0,
         seed: int = 0,
+        load_masks: bool = True,
     ):
         if not 0 <= group_rank < group_size:
             raise ValueError(f"group_rank must be in [0, group_size={group_size}), got {group_rank}")
@@ -84,6 +87,7 @@ class VideoGroundingDataset(Dataset):
         self.group_size = group_size
         self.group_rank = group_rank
         self.seed = seed
+        self.load_masks = load_masks
 
     def __len__(self) -> int:
         return len(self.index) * (self.clip_sampling.clips_per_video if self.train else 1)
@@ -112,13 +116,13 @@ class VideoGroundingDataset(Dataset):
             start += len(prompt.masklets)
 
         # Every frame's boxes, for parameters every rank draws alike.
-        clip_boxes = torch.zeros(len(frames), len(instances), 4)  # (T, N, 4) xywh
-        clip_visible = torch.zeros(len(frames), len(instances), dtype=torch.bool)  # (T, N)
-        for n, masklet in enumerate(instances):
-            for t, frame in enumerate(frames):
-                if masklet.is_visible(frame):
-                    clip_boxes[t, n] = torch.tensor(masklet.boxes_xywh[frame])
-                    clip_visible[t, n] = True
+        num_inst, none = len(instances), [0.0, 0.0, 0.0, 0.0]
+        visible_rows = [[m.is_visible(f) for m in instances] for f in frames]
+        box_rows = [
+            [m.boxes_xywh[f] if v else none for m, v in zip(instances, row)] for f, row in zip(frames, visible_rows)
+        ]
+        clip_visible = torch.tensor(visible_rows, dtype=torch.bool).reshape(len(frames), num_inst)  # (T, N)
+        clip_boxes = torch.tensor(box_rows, dtype=torch.float32).reshape(len(frames), num_inst, 4)  # (T, N, 4) xywh
         clip_boxes = box_xywh_to_xyxy(clip_boxes)
         params = self.transform.draw(rng, video.height, video.width, clip_boxes[clip_visible])
 
@@ -126,7 +130,9 @@ class VideoGroundingDataset(Dataset):
         own_frames = [frames[t] for t in own]
         decoded = [read_frame(self.frames_root, video, f, self.index.source) for f in own_frames]
         pixels = torch.stack(decoded) if decoded else torch.zeros(0, 3, video.height, video.width, dtype=torch.uint8)
-        masks = self._masks(instances, own_frames, video.height, video.width) if self.index.has_masks else None
+        masks = None
+        if self.load_masks and self.index.has_masks:
+            masks = self._masks(instances, own_frames, video.height, video.width)
         images, boxes_xyxy, masks = self.transform(pixels, clip_boxes[own], masks, params)
 
         size = self.transform.image_size
@@ -154,7 +160,7 @@ class VideoGroundingDataset(Dataset):
         )
 
     @staticmethod
-    def _masks(instances: list, frames: list[int], height: int, width: int) -> torch.Tensor:
+    def _masks(instances: list[Masklet], frames: list[int], height: int, width: int) -> torch.Tensor:
         """(F, N, H, W) bool masks of `instances` on video frames `frames`, empty where not visible."""
         masks = torch.zeros(len(frames), len(instances), height, width, dtype=torch.bool)
         where, rles = [], []
@@ -187,6 +193,7 @@ def build_video_dataset(
     group_size: int = 1,
     group_rank: int = 0,
     seed: int = 0,
+    load_masks: bool = True,
 ) -> VideoGroundingDataset:
     """Reads an annotation file (any format) and wraps it as a dataset; arguments as in the pieces."""
     index = load_annotations(annotations, format=format, on_error=on_error, is_exhaustive=is_exhaustive)
@@ -201,4 +208,5 @@ def build_video_dataset(
         group_size=group_size,
         group_rank=group_rank,
         seed=seed,
+        load_masks=load_masks,
     )

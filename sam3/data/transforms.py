@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+_MASK_CHUNK = 16
 _SPATIAL_WORD = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
 
 
@@ -225,8 +226,11 @@ def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> to
         return masks
     if masks.numel() == 0:
         return masks.new_zeros(*masks.shape[:-2], height, width)
-    pooled = F.adaptive_max_pool2d(masks[:, None].to(torch.bfloat16), (height, width))  # (K, 1, height, width)
-    return pooled[:, 0] > 0
+    out = masks.new_zeros(masks.shape[0], height, width)
+    for start in range(0, masks.shape[0], _MASK_CHUNK):  # bounds the float copy at full resolution
+        chunk = masks[start : start + _MASK_CHUNK, None].to(torch.bfloat16)  # (k, 1, h, w)
+        out[start : start + _MASK_CHUNK] = F.adaptive_max_pool2d(chunk, (height, width))[:, 0] > 0
+    return out
 
 
 def _crop_span(u: float, length: int, lo: int, hi: int, full: int) -> tuple[int, int]:

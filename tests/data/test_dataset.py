@@ -134,6 +134,9 @@ def test_eval_yields_whole_videos_split_over_ranks(shapes_dir):
     ]
     half = _dataset(shapes_dir, train=False, group_size=2, group_rank=1)[(0, 2)]
     assert half.frame_indices.tolist() == [1, 3, 5] and torch.equal(half.images, sample.images[1::2])
+    boxes_only = collate_clips([_dataset(shapes_dir, train=False, load_masks=False)[(0, 2)]])
+    assert boxes_only.targets.masks_padded is None
+    assert torch.equal(boxes_only.targets.boxes_padded, collate_clips([sample]).targets.boxes_padded)
 
 
 def test_dataloader_workers_give_the_same_batches(shapes_dir):
