@@ -19,10 +19,10 @@ the ratio Meta / ours.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,7 +116,7 @@ def pair_slice(targets: PairTargets, i: int) -> PairTargets:
     n = int(targets.num_instances[i])
     pairs = targets.pairs
     return PairTargets(
-        pairs=PairIndex(*(getattr(pairs, f)[i : i + 1] for f in ("clip_idx", "frame_slot", "frame_idx", "prompt_idx", "text_idx"))),
+        pairs=PairIndex(*(getattr(pairs, f.name)[i : i + 1] for f in dataclasses.fields(pairs))),
         boxes_padded=targets.boxes_padded[i : i + 1, :n].contiguous(),
         is_visible_padded=targets.is_visible_padded[i : i + 1, :n].contiguous(),
         object_ids_padded=targets.object_ids_padded[i : i + 1, :n].contiguous(),
@@ -222,7 +222,8 @@ def main() -> None:
         for name, fn in rows.items():
             samples.setdefault(name, []).extend(timed_ms(fn, per_round, a.warmup))
 
-    print(f"torch {torch.__version__}  threads {a.threads}  P={P} ({a.frames} frames x {a.prompts} prompts)  Q={a.queries}")
+    print(f"torch {torch.__version__}  threads {a.threads}  P={P} ({a.frames} frames x {a.prompts} prompts)"
+          f"  Q={a.queries}")
     print(f"visible targets {num_boxes}  o2o matches {len(batched)}  o2m matches {num_o2m} (each query once)"
           + (f"  [Meta: o2o {meta['o2o_matches']}, o2m {meta['o2m_matches']}]" if meta else ""))
     header = f"{'wall ms, median (min)':<40s}{'ours':>18s}" + (f"{'Meta':>18s}{'Meta/ours':>11s}" if meta else "")
@@ -236,7 +237,9 @@ def main() -> None:
             meta_med = meta["median_ms"][key][str(a.threads)]
             line += f"{meta_med:10.2f} ({meta['min_ms'][key][str(a.threads)]:5.2f}){meta_med / med:10.1f}x"
         print(line)
-    ratio = statistics.median(samples["o2o matcher, per-pair loop"]) / statistics.median(samples["o2o matcher, batched"])
+    ratio = statistics.median(samples["o2o matcher, per-pair loop"]) / statistics.median(
+        samples["o2o matcher, batched"]
+    )
     print(f"ours: o2o per-pair loop / batched {ratio:.1f}x")
 
 

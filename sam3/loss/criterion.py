@@ -311,13 +311,17 @@ class SetCriterion(nn.Module):
         heads = []
         for layer_id, (out, suffix, is_aux) in enumerate(layers):
             heads.append(
-                _Head(out, suffix, 1.0, layer_id, False, out.pred_masks is not None and (self.masks.on_aux or not is_aux))
+                _Head(
+                    out, suffix, 1.0, layer_id, False, out.pred_masks is not None and (self.masks.on_aux or not is_aux)
+                )
             )
             if out.o2m is not None:
                 one_to_many = self.o2m_matcher is not None and (self.o2m_matcher_on_aux or not is_aux)
                 use_masks = out.o2m.pred_masks is not None and (self.masks.on_aux or not is_aux)
                 heads.append(
-                    _Head(out.o2m, suffix + "_o2m", self.o2m_weight, _O2M_HEAD_OFFSET + layer_id, one_to_many, use_masks)
+                    _Head(
+                        out.o2m, suffix + "_o2m", self.o2m_weight, _O2M_HEAD_OFFSET + layer_id, one_to_many, use_masks
+                    )
                 )
         return heads
 
@@ -384,7 +388,9 @@ def build_criterion(
 ) -> SetCriterion:
     """The SAM3 training criterion with the official defaults; every knob can be overridden."""
     return SetCriterion(
-        matcher=HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, stable=stable_matching),
+        matcher=HungarianMatcher(
+            cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, stable=stable_matching
+        ),
         o2m_matcher=OneToManyMatcher(alpha=o2m_alpha, threshold=o2m_threshold, topk=o2m_topk),
         weights=weights,
         classification=classification,

@@ -174,7 +174,8 @@ def point_sample_logits(mask_logits: torch.Tensor, coords: torch.Tensor) -> torc
         (M, P) sampled values, differentiable with respect to `mask_logits`.
     """
     grid = (2 * coords - 1).unsqueeze(1).to(mask_logits.dtype)  # (M, 1, P, 2)
-    return F.grid_sample(mask_logits.unsqueeze(1), grid, padding_mode="border", align_corners=False).squeeze(1).squeeze(1)
+    sampled = F.grid_sample(mask_logits.unsqueeze(1), grid, padding_mode="border", align_corners=False)  # (M, 1, 1, P)
+    return sampled.flatten(1)
 
 
 def point_sample_binary(masks: torch.Tensor, mask_idx: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,12 @@
 one-to-many matcher of the o2m query branch.
 
 The one-to-one matcher follows DETR (Carion et al., 2020, Sec. 3.1) with the binary focal class cost of
-Deformable DETR: cost = w_class * focal + w_bbox * L1(cxcywh) + w_giou * (-GIoU). The cost matrices of
-every pair, and of every prediction head passed together (decoder layers, o2m heads matched one-to-one),
-are computed in one padded tensor operation on the predictions' device and copied to the host in a
-single transfer; `scipy.optimize.linear_sum_assignment` then solves each pair over its visible targets
-only, so placeholders of invisible instances and padding never match.
+Deformable DETR: cost = w_class * focal + w_bbox * L1(cxcywh) + w_giou * (-GIoU). The costs of every
+pair, and of every prediction head passed together (decoder layers, o2m heads matched one-to-one), are
+computed in one batched tensor operation on the predictions' device, packed over the visible targets
+(one row of Q costs per visible target and head), and copied to the host in a single transfer;
+`scipy.optimize.linear_sum_assignment` then solves each pair, so placeholders of invisible instances
+and padding never match and cost nothing.
 
 The one-to-many matcher follows DAC-DETR: per target, the top-k queries by score
 alpha * p + (1 - alpha) * IoU that exceed a threshold. Unlike the official implementation, a query
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import DetectorOutput, PairTargets
 
 __all__ = ["Matches", "HungarianMatcher", "OneToManyMatcher"]
@@ -99,26 +99,26 @@ class HungarianMatcher:
             (..., N, Q) float32 cost.
         """
         logits = pred_logits.float()
-        per_query = torch.stack([*self._class_terms(logits), *pred_boxes.float().unbind(-1)])  # (6, ..., Q)
+        per_query = torch.stack([*self._class_terms(logits), *pred_boxes.float().unbind(-1)])  # (C, ..., Q)
         target = [c.unsqueeze(-1) for c in target_boxes.float().unbind(-1)]  # 4 x (..., N, 1)
         shape = torch.broadcast_shapes(per_query.shape[1:-1] + (1, per_query.shape[-1]), target[0].shape)
         return self._cost([c.unsqueeze(-2).expand(shape) for c in per_query], target)  # (..., N, Q)
 
-    def _class_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-query class quantities: (focal cost, log p) when not stable, (log p, log(1 - p)) when stable."""
+    def _class_terms(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        """Per-query class quantities: [focal cost], or [log p, log(1 - p)] for the stable cost."""
         log_p, log_one_minus_p = F.logsigmoid(logits), F.logsigmoid(-logits)
         if self.stable:
-            return log_p, log_one_minus_p
-        return _focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma), log_p
+            return [log_p, log_one_minus_p]
+        return [_focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma)]
 
     def _cost(self, per_query: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
         """Cost from broadcastable planes.
 
         Args:
-            per_query: the two `_class_terms` and the predicted cx, cy, w, h, each (..., 1 or N, Q).
+            per_query: the `_class_terms` and the predicted cx, cy, w, h, each (..., N, Q).
             target: the target cx, cy, w, h, each (..., N, 1).
         """
-        class_a, class_b, *pred = per_query
+        class_terms, pred = per_query[:-4], per_query[-4:]
         (pcx, pcy, pw, ph), (tcx, tcy, tw, th) = pred, target
         l1 = torch.sub(pcx, tcx).abs_()
         scratch = torch.empty_like(l1)
@@ -127,12 +127,12 @@ class HungarianMatcher:
         giou = _iou_cxcywh(pred, target, generalized=True)
         cost = l1.mul_(self.cost_bbox).sub_(giou, alpha=self.cost_giou)
         if not self.stable:
-            return cost.add_(class_a, alpha=self.cost_class)
+            return cost.add_(class_terms[0], alpha=self.cost_class)
         # p' = p * r with r = (GIoU + 1) / 2, in log space: 1 - p r = (1 - r) + r (1 - p).
         ratio = giou.add_(1).div_(2).clamp_(min=0.0, max=1.0)
         log_ratio = ratio.clamp(min=1e-12).log()
-        log_p = class_a + log_ratio
-        log_one_minus_p = torch.logaddexp(torch.log1p(-ratio), log_ratio.add_(class_b))
+        log_p = class_terms[0] + log_ratio
+        log_one_minus_p = torch.logaddexp(torch.log1p(-ratio), log_ratio.add_(class_terms[1]))
         return cost.add_(_focal_cost(log_p, log_one_minus_p, self.focal_alpha, self.focal_gamma), alpha=self.cost_class)
 
     @torch.no_grad()
@@ -171,15 +171,15 @@ class HungarianMatcher:
 
         pair = pair_host.to(device, non_blocking=True)
         slot = slot_host.to(device, non_blocking=True)
-        target_boxes = targets.boxes_padded.to(device)[pair, slot].float()  # (T, 4)
-        logits = torch.stack([h.pred_logits.squeeze(-1) for h in heads]).float()  # (K, Npairs, Q)
-        boxes = torch.stack([h.pred_boxes for h in heads]).float()  # (K, Npairs, Q, 4)
-        per_query = torch.stack([*self._class_terms(logits), *boxes.unbind(-1)], dim=1)  # (K, 6, Npairs, Q)
-        per_query = per_query.transpose(0, 2).contiguous()  # (Npairs, 6, K, Q)
-        per_query = per_query.index_select(0, pair)  # (T, 6, K, Q): each visible target's own pair's queries
-        target = list(target_boxes[:, :, None, None].unbind(1))  # 4 x (T, 1, 1)
-        cost = self._cost(list(per_query.unbind(1)), target).transpose(0, 1)  # (K, T, Q)
-        host = cost.cpu().numpy().astype(np.float64)  # (K, T, Q)
+        target = list(targets.boxes_padded.to(device)[pair, slot].float().unsqueeze(-1).unbind(-2))  # 4 x (T, 1)
+        cost = torch.empty((len(heads), len(pair), num_queries), device=device)  # (K, T, Q)
+        for k, head in enumerate(heads):
+            # One head at a time keeps the working set of the elementwise chain cache-sized.
+            logits = head.pred_logits.squeeze(-1).float()  # (Npairs, Q)
+            per_query = torch.stack([*self._class_terms(logits), *head.pred_boxes.float().unbind(-1)], dim=1)
+            per_query = per_query.index_select(0, pair)  # (T, C, Q): each visible target's own pair's queries
+            cost[k] = self._cost(list(per_query.unbind(1)), target)
+        host = np.ascontiguousarray(cost.cpu().numpy(), dtype=np.float64)  # (K, T, Q)
         counts = visible.sum(1).tolist()
         return self._assign(host, counts, pair_host.numpy(), slot_host.numpy(), device)
 
@@ -188,7 +188,9 @@ class HungarianMatcher:
         return self.match_heads([output], targets)[0]
 
     @staticmethod
-    def _assign(host: np.ndarray, counts: list[int], pairs: np.ndarray, slots: np.ndarray, device: torch.device) -> list[Matches]:
+    def _assign(
+        host: np.ndarray, counts: list[int], pairs: np.ndarray, slots: np.ndarray, device: torch.device
+    ) -> list[Matches]:
         """Solves every (head, pair) assignment on the host.
 
         Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -97,7 +98,7 @@ def select_pairs(value, index: torch.Tensor):
         )
     pairs = value.pairs
     return PairTargets(
-        pairs=PairIndex(*(getattr(pairs, f)[index] for f in ("clip_idx", "frame_slot", "frame_idx", "prompt_idx", "text_idx"))),
+        pairs=PairIndex(*(getattr(pairs, f.name)[index] for f in dataclasses.fields(pairs))),
         boxes_padded=value.boxes_padded[index],
         is_visible_padded=value.is_visible_padded[index],
         object_ids_padded=value.object_ids_padded[index],

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3.loss import ClassificationLoss, HungarianMatcher, LossWeights, MaskLoss, OneToManyMatcher, SetCriterion
+from sam3.loss import HungarianMatcher, LossWeights, MaskLoss, OneToManyMatcher, SetCriterion
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import DetectorOutput, PairIndex, PairTargets
 
@@ -51,10 +51,12 @@ def test_each_term_against_hand_computation() -> None:
     output, targets = _one_pair(mask_logit=2.0)
     total, parts = _criterion()(output, targets, num_boxes=2.0, loss_scale=3.0)
     norm = 3.0 / 2.0
-    # Boxes: q0 is matched. L1 |0.2 - 0.4| = 0.2; q0 xyxy (.3,.4,.7,.6) inside the target (.3,.3,.7,.7): IoU = GIoU = 0.5.
+    # Boxes: q0 is matched. L1 |0.2 - 0.4| = 0.2; q0 xyxy (.3,.4,.7,.6) lies inside the target (.3,.3,.7,.7):
+    # IoU = GIoU = 0.5.
     assert parts["loss_bbox"].item() == pytest.approx(norm * 0.2, rel=1e-5)
     assert parts["loss_giou"].item() == pytest.approx(norm * 0.5, rel=1e-5)
-    # IoU-aware BCE: target t = p0^0.25 * 0.5^0.75 for q0 (weight 10); q1 is a negative weighted by p1^2; mean over 2 queries.
+    # IoU-aware BCE: target t = p0^0.25 * 0.5^0.75 for q0 (weight 10); q1 is a negative weighted by p1^2;
+    # mean over the 2 queries.
     p0, p1 = torch.sigmoid(torch.tensor(1.0)), torch.sigmoid(torch.tensor(-1.0))
     t = p0**0.25 * 0.5**0.75
     positive = -(t * torch.log(p0) + (1 - t) * torch.log(1 - p0)) * 10
@@ -84,7 +86,8 @@ def test_total_is_weighted_sum_with_o2m_weight(problem) -> None:
         expected += getattr(weights, term) * (4.0 if name.endswith("_o2m") else 1.0) * value
     assert total.item() == pytest.approx(float(expected), rel=1e-5)
     names = set(parts)
-    assert {"loss_ce", "loss_ce_o2m", "loss_ce_aux_0", "loss_ce_aux_1_o2m", "presence_loss_aux_1", "loss_mask", "loss_dice_o2m"} <= names
+    expected_names = {"loss_ce", "loss_ce_o2m", "loss_ce_aux_0", "loss_ce_aux_1_o2m", "presence_loss_aux_1"}
+    assert expected_names | {"loss_mask", "loss_dice_o2m"} <= names
     assert "presence_loss_o2m" not in names and "loss_mask_aux_0" not in names
     assert all(not v.requires_grad for v in parts.values())
 
@@ -104,7 +107,10 @@ def test_split_batch_sums_to_whole_batch(problem, pair_subset, with_masks: bool)
     for name, value in whole_parts.items():
         assert (split[0][1][name] + split[1][1][name]).item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7)
     # With the loss scale W = 2, the average of the two ranks' losses is the same objective.
-    scaled = [criterion(pair_subset(outputs, i), pair_subset(targets, i), num_boxes=num_boxes, loss_scale=2.0, step=7)[0] for i in halves]
+    scaled = [
+        criterion(pair_subset(outputs, i), pair_subset(targets, i), num_boxes=num_boxes, loss_scale=2.0, step=7)[0]
+        for i in halves
+    ]
     assert ((scaled[0] + scaled[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-5)
 
 

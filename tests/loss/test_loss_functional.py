@@ -37,7 +37,8 @@ def test_sigmoid_focal_hand_values() -> None:
     torch.testing.assert_close(loss, torch.tensor([0.25 * 0.25 * LOG2, 0.75 * 0.25 * LOG2]))
     # alpha 0.5, gamma 0: half the BCE (the presence loss).
     plain = sigmoid_focal_loss(torch.tensor([1.3]), torch.tensor([1.0]), alpha=0.5, gamma=0.0)
-    torch.testing.assert_close(plain, 0.5 * F.binary_cross_entropy_with_logits(torch.tensor([1.3]), torch.tensor([1.0]), reduction="none"))
+    bce = F.binary_cross_entropy_with_logits(torch.tensor([1.3]), torch.tensor([1.0]), reduction="none")
+    torch.testing.assert_close(plain, 0.5 * bce)
 
 
 def test_dice_hand_values() -> None:

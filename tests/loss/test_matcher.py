@@ -70,7 +70,8 @@ def test_matches_brute_force(problem_generator, seed: int, stable: bool) -> None
 
 
 def test_cost_matches_formula() -> None:
-    logit, box, target = torch.tensor([[0.7]]), torch.tensor([[[0.4, 0.5, 0.2, 0.3]]]), torch.tensor([[[0.5, 0.5, 0.3, 0.2]]])
+    logit = torch.tensor([[0.7]])
+    box, target = torch.tensor([[[0.4, 0.5, 0.2, 0.3]]]), torch.tensor([[[0.5, 0.5, 0.3, 0.2]]])
     p = torch.sigmoid(logit)
     focal = -0.25 * (1 - p) ** 2 * torch.log(p) + 0.75 * p**2 * torch.log(1 - p)
     l1 = (box - target).abs().sum()
@@ -86,7 +87,8 @@ def test_cost_matches_formula() -> None:
 
 def test_cost_matrix_matches_torchvision(generator) -> None:
     logits = torch.randn(7, generator=generator)
-    boxes, targets = torch.rand(7, 4, generator=generator) * 0.4 + 0.1, torch.rand(5, 4, generator=generator) * 0.4 + 0.1
+    boxes = torch.rand(7, 4, generator=generator) * 0.4 + 0.1
+    targets = torch.rand(5, 4, generator=generator) * 0.4 + 0.1
     p = logits.sigmoid()
     focal = -0.25 * (1 - p) ** 2 * p.log() + 0.75 * p**2 * (1 - p).log()  # (Q,)
     giou = generalized_box_iou(box_cxcywh_to_xyxy(targets), box_cxcywh_to_xyxy(boxes))  # (N, Q)
