@@ -15,7 +15,9 @@ others (the official code divides them by the number of pairs); a pair's classif
 mean over its queries.
 
 Heads with the same number of queries are stacked and each term runs once over the stack, and all
-one-to-one matchings share one cost computation and one host transfer.
+one-to-one matchings share one host transfer of their costs. Host syncs: the matchers read the
+visibility mask and the one-to-one costs on the host, and the one-to-many matcher selects its matches
+(`nonzero`); the loss terms themselves never wait for the device.
 """
 
 from __future__ import annotations

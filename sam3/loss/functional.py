@@ -103,8 +103,9 @@ def sample_keys(*fields: torch.Tensor | int) -> torch.Tensor:
         raise ValueError("sample_keys: at least one field must be a tensor")
     key = torch.zeros_like(torch.broadcast_tensors(*tensors)[0], dtype=torch.int64)
     for value in fields:
-        value = torch.as_tensor(value, dtype=torch.int64, device=key.device)
-        key = _mix32((key * 31 + (value & _MASK32) + _GOLDEN32) & _MASK32)
+        # Python ints stay scalars: no host-to-device copy.
+        value = value.to(torch.int64) & _MASK32 if isinstance(value, torch.Tensor) else int(value) & _MASK32
+        key = _mix32((key * 31 + value + _GOLDEN32) & _MASK32)
     return key
 
 

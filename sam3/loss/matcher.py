@@ -229,7 +229,9 @@ class OneToManyMatcher:
     """Assigns each visible target its top-k queries by alpha * p + (1 - alpha) * IoU above a threshold.
 
     Each query is assigned to at most one target: where several targets select the same query, the
-    target with the highest score keeps it. Runs entirely on the predictions' device.
+    target with the highest score keeps it. Scores are computed for the visible targets only (packed
+    as in `HungarianMatcher`) on the predictions' device; only the final selection of the matches
+    waits for the device.
 
     Args:
         alpha: weight of the class probability against the box IoU in the score.
