@@ -7,7 +7,8 @@ pairs in the caller's order (frame-major for a `ClipBatch`, see `sam3/structures
 encoded once per frame and texts once per distinct text; pairs gather both by index.
 
 Outputs follow `DetectorOutput`: the last decoder layer's predictions, the earlier layers' in
-`aux_outputs`, and in training the one-to-many query set (DAC) in `o2m`.
+`aux_outputs`, and in training the one-to-many query set (DAC) in `o2m` (with its own aux outputs;
+its `presence_logit_dec` is the shared presence logit, the o2m set has no presence token of its own).
 """
 
 from __future__ import annotations
