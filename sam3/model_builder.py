@@ -177,6 +177,8 @@ def _load_image_model_checkpoint(model: nn.Module, path: str | Path, with_segmen
     state_dict, wrapped = read_state_dict(path)
     if not with_segmentation:
         kept = {k: v for k, v in state_dict.items() if ".segmentation_head." not in f".{k}"}
-        logger.info("segmentation disabled: ignoring %d segmentation_head tensors of %s", len(state_dict) - len(kept), path)
+        logger.info(
+            "segmentation disabled: ignoring %d segmentation_head tensors of %s", len(state_dict) - len(kept), path
+        )
         state_dict = kept
     load_state_dict(model, state_dict, strict=True, source=str(path), wrapped=wrapped)

@@ -145,7 +145,8 @@ def test_box_prompts_are_batched_per_frame_and_packed_left():
     assert tokens.shape == (2, 3, C)
     assert mask.tolist() == [[False, False, False], [False, False, True]]
     # pair 1 alone, unpadded, on its own frame: the same two valid tokens (box, CLS)
-    alone, _ = geo(frames[1:], pos[1:], GRID, torch.tensor([0]), GeometryPrompts.from_boxes(boxes[1:, :1], labels[1:, :1]))
+    single = GeometryPrompts.from_boxes(boxes[1:, :1], labels[1:, :1])
+    alone, _ = geo(frames[1:], pos[1:], GRID, torch.tensor([0]), single)
     torch.testing.assert_close(tokens[1, :2], alone[0], atol=1e-5, rtol=1e-5)
     # pooled features come from the pair's own frame
     moved, _ = geo(frames.flip(0), pos.flip(0), GRID, torch.tensor([1, 0]), GeometryPrompts(boxes, labels, padding))

@@ -134,9 +134,10 @@ def test_pairs_are_independent_of_batching(tiny):
         text = tiny.backbone.forward_text(batch.texts)
         together = tiny.forward_grounding(vision, text, batch.pairs.frame_slot, batch.pairs.text_idx)
         pair = 4  # frame 1, prompt 1
-        alone = tiny.forward_grounding(vision, text, batch.pairs.frame_slot[pair:pair + 1], batch.pairs.text_idx[pair:pair + 1])
-    torch.testing.assert_close(together.pred_logits[pair:pair + 1], alone.pred_logits, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(together.pred_masks[pair:pair + 1], alone.pred_masks, atol=1e-4, rtol=1e-4)
+        one = slice(pair, pair + 1)
+        alone = tiny.forward_grounding(vision, text, batch.pairs.frame_slot[one], batch.pairs.text_idx[one])
+    torch.testing.assert_close(together.pred_logits[one], alone.pred_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.pred_masks[one], alone.pred_masks, atol=1e-4, rtol=1e-4)
     # pairs of different prompts (and of different frames) differ
     assert not torch.allclose(together.queries[3], together.queries[4], atol=1e-4)
     assert not torch.allclose(together.queries[1], together.queries[4], atol=1e-4)
