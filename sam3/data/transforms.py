@@ -25,11 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-_MASK_CHUNK = 16
 _SPATIAL_WORD = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
 
 
@@ -215,21 +213,28 @@ class ClipTransform:
 
 
 def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resizes (K, h, w) bool masks to (K, height, width): a pixel is set when its footprint touches a set pixel.
+    """Resizes (..., h, w) bool masks to (..., height, width): a pixel is set when its footprint touches a set pixel.
 
     Nearest-neighbour resizing skips source rows and columns when it shrinks, so thin parts vanish and
     the mask's box drifts from the resized box; by coverage, the box of the resized mask stays within
     1 px of the resized box, and no visible part disappears (at most 1 px of growth at the border).
-    Adaptive max pooling computes exactly this: output pixel i pools source [floor(i n/m), ceil((i+1) n/m)).
+    Output pixel i of an axis of n -> m pixels covers source pixels [floor(i n / m), ceil((i + 1) n / m)),
+    as in adaptive max pooling (which computes the same, slower).
     """
-    if masks.shape[-2:] == (height, width):
+    return _any_along(_any_along(masks, -2, height), -1, width)
+
+
+def _any_along(masks: torch.Tensor, dim: int, out_len: int) -> torch.Tensor:
+    """OR of the source pixels each output pixel covers along `dim` (a few gathers, no float copy)."""
+    in_len = masks.shape[dim]
+    if in_len == out_len:
         return masks
-    if masks.numel() == 0:
-        return masks.new_zeros(*masks.shape[:-2], height, width)
-    out = masks.new_zeros(masks.shape[0], height, width)
-    for start in range(0, masks.shape[0], _MASK_CHUNK):  # bounds the float copy at full resolution
-        chunk = masks[start : start + _MASK_CHUNK, None].to(torch.bfloat16)  # (k, 1, h, w)
-        out[start : start + _MASK_CHUNK] = F.adaptive_max_pool2d(chunk, (height, width))[:, 0] > 0
+    j = torch.arange(out_len)
+    start = j * in_len // out_len
+    end = -(-(j + 1) * in_len // out_len)  # ceil, exclusive
+    out = masks.index_select(dim, start)
+    for k in range(1, int((end - start).max())):
+        out |= masks.index_select(dim, torch.minimum(start + k, end - 1))
     return out
 
 

@@ -102,6 +102,13 @@ def test_resize_masks_by_coverage_keeps_thin_parts():
     assert same_area.sum() == 4 * masks.sum()  # integer upscaling repeats pixels exactly
 
 
+@pytest.mark.parametrize("size,out", [((37, 53), (112, 71)), ((72, 128), (100, 100)), ((100, 90), (13, 29))])
+def test_resize_masks_by_coverage_equals_adaptive_max_pooling(size, out):
+    masks = torch.rand(3, *size, generator=torch.Generator().manual_seed(0)) > 0.97
+    expected = torch.nn.functional.adaptive_max_pool2d(masks[:, None].float(), out)[:, 0] > 0
+    assert torch.equal(resize_masks_by_coverage(masks, *out), expected)
+
+
 def test_shapes_index_boxes_are_mask_boxes(shapes_dir):
     index = load_annotations(shapes_dir / "val" / "annotations.json")
     for masklet in index.masklets[0]:
