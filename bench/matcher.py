@@ -88,26 +88,27 @@ def build_problem(a: argparse.Namespace) -> tuple[dict[str, torch.Tensor], PairT
     return head, targets, layers
 
 
-def as_output(raw: dict[str, torch.Tensor], suffix: str = "", presence: bool = True) -> DetectorOutput:
+def as_output(raw: dict[str, torch.Tensor], suffix: str = "") -> DetectorOutput:
     boxes = raw["pred_boxes" + suffix]
     return DetectorOutput(
         pred_logits=raw["pred_logits" + suffix],
         pred_boxes=boxes,
         pred_boxes_xyxy=box_cxcywh_to_xyxy(boxes),
-        presence_logit_dec=raw["presence_logit_dec"] if presence else None,
+        presence_logit_dec=raw["presence_logit_dec"],
     )
 
 
 def stack_output(layers: list[dict[str, torch.Tensor]], grad: bool) -> DetectorOutput:
-    """Fresh leaves for every layer, as a model output: last layer final, the others auxiliary."""
-    heads = []
+    """Fresh leaves for every layer, as the model lays them out: last layer final, the others auxiliary,
+    the o2m branch with its own auxiliary layers and the shared presence logit."""
+    o2o, o2m = [], []
     for raw in layers:
         raw = {k: v.clone().requires_grad_(grad) for k, v in raw.items()}
-        out = as_output(raw)
-        out.o2m = as_output(raw, "_o2m", presence=False)
-        heads.append(out)
-    final = heads[-1]
-    final.aux_outputs = heads[:-1]
+        o2o.append(as_output(raw))
+        o2m.append(as_output(raw, "_o2m"))
+    final, final_o2m = o2o[-1], o2m[-1]
+    final.aux_outputs, final_o2m.aux_outputs = o2o[:-1], o2m[:-1]
+    final.o2m = final_o2m
     return final
 
 
@@ -177,7 +178,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     head, targets, layers = build_problem(a)
     num_pairs = len(targets)
-    o2o, o2m_head = as_output(head), as_output(head, "_o2m", presence=False)
+    o2o, o2m_head = as_output(head), as_output(head, "_o2m")
     matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0)
     o2m_matcher = OneToManyMatcher(alpha=0.3, threshold=0.4, topk=4)
     criterion = build_criterion()
@@ -185,7 +186,7 @@ def main() -> None:
 
     per_pair_targets = [pair_slice(targets, i) for i in range(num_pairs)]
     per_pair_o2o = [as_output({k: v[i : i + 1] for k, v in head.items()}) for i in range(num_pairs)]
-    per_pair_o2m = [as_output({k: v[i : i + 1] for k, v in head.items()}, "_o2m", False) for i in range(num_pairs)]
+    per_pair_o2m = [as_output({k: v[i : i + 1] for k, v in head.items()}, "_o2m") for i in range(num_pairs)]
 
     batched = matcher(o2o, targets)
     looped = [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets)]

@@ -101,7 +101,7 @@ class MaskLoss:
 
 @dataclass
 class _Head:
-    """One prediction head: its output, name suffix, branch weight and matcher."""
+    """One prediction head: its output, name suffix, branch weight, matcher and terms."""
 
     output: DetectorOutput
     suffix: str
@@ -109,6 +109,7 @@ class _Head:
     head_id: int
     one_to_many: bool
     use_masks: bool
+    use_presence: bool
     matches: Matches | None = None
 
 
@@ -175,7 +176,8 @@ class SetCriterion(nn.Module):
         """Computes the step loss of this batch's pairs.
 
         Args:
-            outputs: predictions over Npairs pairs (final layer, `aux_outputs`, `o2m`).
+            outputs: predictions over Npairs pairs: the final layer, `aux_outputs`, and `o2m` with its
+                own `aux_outputs`.
             targets: targets over the same pairs, on the same device.
             num_boxes: N, visible target boxes over the whole step on every rank (clamped to >= 1).
             loss_scale: W, the factor that makes DDP's gradient average the global objective.
@@ -210,7 +212,7 @@ class SetCriterion(nn.Module):
         for stack in self._stacks(heads):
             for term, per_head in {**self.loss_boxes(stack, targets), **self.loss_labels(stack, targets)}.items():
                 add(term, stack.heads, per_head)
-        with_presence = [h for h in heads if h.output.presence_logit_dec is not None]
+        with_presence = [h for h in heads if h.use_presence]
         if with_presence:
             presence = torch.stack([h.output.presence_logit_dec.reshape(-1) for h in with_presence])  # (K, Npairs)
             add("presence_loss", with_presence, self.loss_presence(presence, targets))
@@ -308,21 +310,29 @@ class SetCriterion(nn.Module):
         return {"loss_mask": focal.sum(), "loss_dice": dice_loss(src_points, target_points).sum()}
 
     def _heads(self, outputs: DetectorOutput) -> list[_Head]:
-        """The final layer, the auxiliary layers and their o2m twins, in logging order."""
-        layers = [(outputs, "", False)] + [(aux, f"_aux_{i}", True) for i, aux in enumerate(outputs.aux_outputs)]
+        """The final layer and the auxiliary layers, then the o2m branch's final and auxiliary layers.
+
+        The o2m branch (`outputs.o2m`, its earlier layers in `outputs.o2m.aux_outputs`) gets no presence
+        loss: its presence logit, if any, is the one the o2o heads already supervise.
+        """
         heads = []
-        for layer_id, (out, suffix, is_aux) in enumerate(layers):
-            heads.append(
-                _Head(
-                    out, suffix, 1.0, layer_id, False, out.pred_masks is not None and (self.masks.on_aux or not is_aux)
-                )
-            )
-            if out.o2m is not None:
-                one_to_many = self.o2m_matcher is not None and (self.o2m_matcher_on_aux or not is_aux)
-                use_masks = out.o2m.pred_masks is not None and (self.masks.on_aux or not is_aux)
+        branches = [(outputs, "", 1.0, 0, False)]
+        if outputs.o2m is not None:
+            branches.append((outputs.o2m, "_o2m", self.o2m_weight, _O2M_HEAD_OFFSET, True))
+        for final, branch_suffix, weight, id_offset, is_o2m in branches:
+            layers = [(final, "", False)] + [(aux, f"_aux_{i}", True) for i, aux in enumerate(final.aux_outputs)]
+            for layer_id, (out, suffix, is_aux) in enumerate(layers):
                 heads.append(
                     _Head(
-                        out.o2m, suffix + "_o2m", self.o2m_weight, _O2M_HEAD_OFFSET + layer_id, one_to_many, use_masks
+                        output=out,
+                        suffix=suffix + branch_suffix,
+                        weight=weight,
+                        head_id=id_offset + layer_id,
+                        one_to_many=is_o2m
+                        and self.o2m_matcher is not None
+                        and (self.o2m_matcher_on_aux or not is_aux),
+                        use_masks=out.pred_masks is not None and (self.masks.on_aux or not is_aux),
+                        use_presence=not is_o2m and out.presence_logit_dec is not None,
                     )
                 )
         return heads

@@ -130,12 +130,12 @@ def problem() -> Callable[..., tuple[DetectorOutput, PairTargets]]:
     ) -> tuple[DetectorOutput, PairTargets]:
         g = torch.Generator().manual_seed(seed)
         targets = make_targets(g, num_pairs, num_slots, mask_size=target_mask_size)
+        # The model's layout: o2m carries its own aux layers and the shared presence logit.
         final = make_output(g, num_pairs, num_queries, mask_size)
-        final.o2m = make_output(g, num_pairs, num_queries, mask_size, with_presence=False)
+        final.o2m = make_output(g, num_pairs, num_queries, mask_size)
         for _ in range(num_aux):
-            aux = make_output(g, num_pairs, num_queries)
-            aux.o2m = make_output(g, num_pairs, num_queries, with_presence=False)
-            final.aux_outputs.append(aux)
+            final.aux_outputs.append(make_output(g, num_pairs, num_queries))
+            final.o2m.aux_outputs.append(make_output(g, num_pairs, num_queries))
         return final, targets
 
     return build

@@ -158,7 +158,7 @@ def test_gradients_are_finite_and_reach_every_head(problem) -> None:
     outputs, targets = problem(seed=7, mask_size=8, target_mask_size=16)
     total, _ = _criterion()(outputs, targets, num_boxes=targets.total_boxes)
     total.backward()
-    heads = [outputs, outputs.o2m, *outputs.aux_outputs, *(a.o2m for a in outputs.aux_outputs)]
+    heads = [outputs, outputs.o2m, *outputs.aux_outputs, *outputs.o2m.aux_outputs]
     for head in heads:
         for tensor in (head.pred_logits, head.pred_boxes):
             assert tensor.grad is not None and torch.isfinite(tensor.grad).all() and tensor.grad.abs().sum() > 0
