@@ -75,39 +75,51 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     max_inst = max(
         (len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0
     )
-    boxes = torch.zeros(num_pairs, max_inst, 4)
-    visible = torch.zeros(num_pairs, max_inst, dtype=torch.bool)
-    object_ids = torch.full((num_pairs, max_inst), -1, dtype=torch.int64)
-    num_instances = torch.zeros(num_pairs, dtype=torch.int64)
-    is_exhaustive = torch.zeros(num_pairs, dtype=torch.bool)
-    is_positive = torch.zeros(num_pairs, dtype=torch.bool)
-    masks = torch.zeros(num_pairs, max_inst, size, size, dtype=torch.bool) if has_masks else None
-    pair = 0
+    boxes, visible, object_ids, masks = [], [], [], []
+    num_instances, is_exhaustive, is_positive = [], [], []
     for s in samples:
-        for slot in range(len(s.frame_indices)):
-            for p, inst in enumerate(s.prompt_instances):
-                n = len(inst)
-                idx = torch.tensor(inst, dtype=torch.int64)
-                boxes[pair, :n] = s.boxes_cxcywh[slot, idx]
-                visible[pair, :n] = s.is_visible[slot, idx]
-                object_ids[pair, :n] = idx
-                if masks is not None:
-                    masks[pair, :n] = s.masks[slot, idx]
-                num_instances[pair] = n
-                is_exhaustive[pair] = s.is_exhaustive[p]
-                is_positive[pair] = s.is_positive[p]
-                pair += 1
-    assert pair == num_pairs, f"filled {pair} pairs but the pair index has {num_pairs}"
+        num_local, num_prompts = len(s.frame_indices), len(s.prompts)
+        if num_local == 0:
+            continue
+        inst_idx = torch.full((num_prompts, max_inst), -1, dtype=torch.int64)  # (P, Nmax), -1 = padding
+        for p, inst in enumerate(s.prompt_instances):
+            inst_idx[p, : len(inst)] = torch.tensor(inst, dtype=torch.int64)
+        valid = inst_idx >= 0
+        safe = inst_idx.clamp(min=0)
+        has_inst = s.is_visible.shape[1] > 0  # gathering from an empty instance axis is undefined
+        clip_visible = s.is_visible[:, safe] & valid if has_inst else valid.expand(num_local, -1, -1)
+        clip_boxes = s.boxes_cxcywh[:, safe] if has_inst else torch.zeros(num_local, num_prompts, max_inst, 4)
+        boxes.append((clip_boxes * clip_visible[..., None]).reshape(-1, max_inst, 4))  # (F*P, Nmax, 4)
+        visible.append(clip_visible.reshape(-1, max_inst))
+        object_ids.append(inst_idx.expand(num_local, -1, -1).reshape(-1, max_inst))
+        if has_masks:
+            size_hw = s.masks.shape[-2:]
+            if has_inst:
+                clip_masks = s.masks[:, safe] & clip_visible[..., None, None]  # (F, P, Nmax, S, S)
+            else:
+                clip_masks = torch.zeros(num_local, num_prompts, max_inst, *size_hw, dtype=torch.bool)
+            masks.append(clip_masks.reshape(-1, max_inst, *size_hw))
+        lengths = torch.tensor([len(inst) for inst in s.prompt_instances], dtype=torch.int64)
+        num_instances.append(lengths.repeat(num_local))
+        is_exhaustive.append(torch.tensor(s.is_exhaustive, dtype=torch.bool).repeat(num_local))
+        is_positive.append(torch.tensor(s.is_positive, dtype=torch.bool).repeat(num_local))
+
+    def cat(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+        return torch.cat(parts) if parts else empty
+
+    boxes_padded = cat(boxes, torch.zeros(0, max_inst, 4))
+    visible_padded = cat(visible, torch.zeros(0, max_inst, dtype=torch.bool))
+    assert len(boxes_padded) == num_pairs, f"built {len(boxes_padded)} pairs but the pair index has {num_pairs}"
     targets = PairTargets(
         pairs=pairs,
-        boxes_padded=boxes,
-        is_visible_padded=visible,
-        object_ids_padded=object_ids,
-        num_boxes=visible.sum(dim=1),
-        num_instances=num_instances,
-        is_exhaustive=is_exhaustive,
-        is_positive=is_positive,
-        masks_padded=masks,
+        boxes_padded=boxes_padded,
+        is_visible_padded=visible_padded,
+        object_ids_padded=cat(object_ids, torch.zeros(0, max_inst, dtype=torch.int64)),
+        num_boxes=visible_padded.sum(dim=1),
+        num_instances=cat(num_instances, torch.zeros(0, dtype=torch.int64)),
+        is_exhaustive=cat(is_exhaustive, torch.zeros(0, dtype=torch.bool)),
+        is_positive=cat(is_positive, torch.zeros(0, dtype=torch.bool)),
+        masks_padded=cat(masks, torch.zeros(0, max_inst, size, size, dtype=torch.bool)) if has_masks else None,
     )
     meta = FrameMeta(
         video_ids=[s.video_id for s in samples for _ in range(len(s.frame_indices))],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from sam3.data.collate import collate_clips
+from sam3.data.collate import ClipSample, collate_clips
 from sam3.data.dataset import ClipSamplingConfig, VideoGroundingDataset, build_video_dataset
 from sam3.data.prompts import PromptConfig
 from sam3.data.readers import load_annotations
@@ -152,3 +152,40 @@ def test_dataloader_workers_give_the_same_batches(shapes_dir):
     for a, b in zip(*batches):
         assert a.clip_ids == b.clip_ids and a.prompts == b.prompts
         assert torch.equal(a.images, b.images) and torch.equal(a.targets.masks_padded, b.targets.masks_padded)
+
+
+def _sample(num_local: int, prompt_instances: list[list[int]], num_inst: int, clip_id: int) -> ClipSample:
+    visible = torch.ones(num_local, num_inst, dtype=torch.bool)
+    visible[0, :1] = False  # instance 0 hidden on the first local frame
+    return ClipSample(
+        images=torch.zeros(num_local, 3, 8, 8),
+        frame_indices=torch.arange(num_local) * 2,
+        num_frames=2 * num_local,
+        prompts=[f"p{i}" for i in range(len(prompt_instances))],
+        prompt_instances=prompt_instances,
+        is_exhaustive=[True] * len(prompt_instances),
+        is_positive=[bool(inst) for inst in prompt_instances],
+        boxes_cxcywh=torch.rand(num_local, num_inst, 4) * visible[..., None],
+        is_visible=visible,
+        masks=torch.ones(num_local, num_inst, 8, 8, dtype=torch.bool) & visible[..., None, None],
+        video_id=clip_id,
+        orig_size=(8, 8),
+        file_names=[f"{clip_id}/{t}.jpg" for t in range(num_local)],
+        clip_id=clip_id,
+    )
+
+
+def test_collate_clip_without_instances_beside_one_with():
+    with_inst = _sample(2, [[0, 2], [], [1]], num_inst=3, clip_id=0)
+    negatives_only = _sample(1, [[], []], num_inst=0, clip_id=1)
+    batch = collate_clips([with_inst, negatives_only])
+    targets = batch.targets
+    assert batch.num_pairs == 2 * 3 + 1 * 2 and targets.boxes_padded.shape == (8, 2, 4)
+    assert targets.num_instances.tolist() == [2, 0, 1, 2, 0, 1, 0, 0]
+    assert targets.object_ids_padded[:3].tolist() == [[0, 2], [-1, -1], [1, -1]]
+    assert targets.is_visible_padded[:, 0].tolist() == [False, False, True, True, False, True, False, False]
+    assert targets.num_boxes.tolist() == [1, 0, 1, 2, 0, 1, 0, 0]
+    assert torch.equal(targets.boxes_padded[3, 1], with_inst.boxes_cxcywh[1, 2])
+    assert not targets.masks_padded[0, 0].any() and targets.masks_padded[0, 1].all()
+    assert targets.is_positive.tolist() == [True, False, True, True, False, True, False, False]
+    assert not targets.masks_padded[6:].any() and (targets.object_ids_padded[6:] == -1).all()
