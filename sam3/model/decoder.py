@@ -155,9 +155,8 @@ class QueryDecoder(nn.Module):
         self.num_queries = num_queries
         self.use_dac = use_dac
         self.use_act_checkpoint = use_act_checkpoint
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # refinement starts from the reference boxes
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-        nn.init.normal_(self.query_embed.weight)
 
     def forward(
         self,

@@ -73,6 +73,7 @@ class Sam3Image(nn.Module):
         self.backbone = backbone
         self.geometry_encoder = geometry_encoder
         self.transformer = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+        _xavier_init_transformer(self.transformer)
         self.dot_prod_scoring = dot_prod_scoring
         self.segmentation_head = segmentation_head
 
@@ -189,3 +190,11 @@ def _layer_outputs(
     last = per_layer[-1]
     last.aux_outputs = per_layer[:-1]
     return last
+
+
+def _xavier_init_transformer(transformer: nn.Module) -> None:
+    """Xavier-uniform init of the encoder and decoder matrices, as the released model's training
+    started from; the box head, learned queries and reference boxes keep their own init."""
+    for name, param in transformer.named_parameters():
+        if param.dim() > 1 and not any(k in name for k in ("bbox_embed", "query_embed", "reference_points")):
+            nn.init.xavier_uniform_(param)
