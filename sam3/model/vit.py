@@ -226,7 +226,7 @@ class RopeAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope_grid = rope_grid
         self.register_buffer("freqs_cis", self.rope_table(rope_grid, rope_grid))
-        self._rope_cache: dict[tuple[int, int, torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[tuple[int, int, torch.device, bool], torch.Tensor] = {}
 
     def rope_table(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
         """Complex RoPE table for an (h, w) grid in row-major token order: (h*w, head_dim / 2) complex64."""
@@ -240,6 +240,15 @@ class RopeAttention(nn.Module):
         angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)  # (h*w, head_dim/2)
         return torch.polar(torch.ones_like(angles), angles)
 
+    def _apply(self, fn, recurse=True):
+        # The table is derived, not learned: instead of letting `fn` cast it (`.to(bfloat16)` would
+        # drop its imaginary part) or empty it (`to_empty`), rebuild it where the weights went.
+        del self._buffers["freqs_cis"]
+        super()._apply(fn, recurse)
+        self.register_buffer("freqs_cis", self.rope_table(self.rope_grid, self.rope_grid, self.qkv.weight.device))
+        self._rope_cache.clear()
+        return self
+
     def rope_table_for_tokens(self, num_tokens: int) -> torch.Tensor:
         """The table this module uses for a square grid of `num_tokens` tokens (checkpoint checks)."""
         side = int(round(num_tokens**0.5))
@@ -247,17 +256,15 @@ class RopeAttention(nn.Module):
             raise ValueError(f"a RoPE table of {num_tokens} rows is not a square token grid")
         return self.rope_table(side, side, self.freqs_cis.device)
 
-    def _cos_sin(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h*w, head_dim/2) cos and sin of the RoPE angles, cached per grid and device."""
+    def _table(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(h*w, head_dim/2) complex RoPE table for an (h, w) grid, cached per grid and device."""
         if (h, w) == (self.rope_grid, self.rope_grid) and self.freqs_cis.device == device:
-            table = self.freqs_cis
-            return table.real, table.imag
+            return self.freqs_cis
         # Tensors made under inference mode cannot be saved for backward: cache them separately.
         key = (h, w, device, torch.is_inference_mode_enabled())
         if key not in self._rope_cache:
             logger.debug("RoPE table for a %dx%d grid on %s", h, w, device)
-            table = self.rope_table(h, w, device)
-            self._rope_cache[key] = (table.real.contiguous(), table.imag.contiguous())
+            self._rope_cache[key] = self.rope_table(h, w, device)
         return self._rope_cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,8 +272,8 @@ class RopeAttention(nn.Module):
         b, h, w, c = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, h*w, head_dim)
-        cos, sin = self._cos_sin(h, w, x.device)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        table = self._table(h, w, x.device)
+        q, k = _rotate(q, table), _rotate(k, table)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, h*w, head_dim)
         out = out.transpose(1, 2).reshape(b, h, w, c)  # (B, h, w, C)
         return self.proj(out)
@@ -285,12 +292,10 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of (B, heads, L, D) by angles given as (L, D/2) cos and sin."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, heads, L, D/2, 2)
-    real, imag = pairs.unbind(-1)
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def _rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of (B, heads, L, D) by a (L, D/2) complex table (in float32)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, heads, L, D/2)
+    return torch.view_as_real(pairs * table).flatten(-2).type_as(x)
 
 
 def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:

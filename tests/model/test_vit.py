@@ -86,9 +86,8 @@ def test_rope_for_a_new_size_equals_a_model_built_at_that_size():
     with torch.no_grad():
         torch.testing.assert_close(built_224(images), built_336(images), rtol=0, atol=0)
     for i in built_224.global_attn_blocks:
-        cos, sin = built_224.blocks[i].attn._cos_sin(24, 24, images.device)
-        table = built_336.blocks[i].attn.freqs_cis
-        assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+        rebuilt = built_224.blocks[i].attn._table(24, 24, images.device)
+        assert torch.equal(rebuilt, built_336.blocks[i].attn.freqs_cis)
     # Windowed blocks keep one table (a window) whatever the input size.
     windowed = next(i for i in range(len(built_224.blocks)) if i not in built_224.global_attn_blocks)
     assert torch.equal(built_224.blocks[windowed].attn.freqs_cis, built_336.blocks[windowed].attn.freqs_cis)
@@ -102,6 +101,20 @@ def test_training_after_inference_mode_at_a_new_size(backbone):
     backbone.train()
     out = backbone.forward_image(images)
     (out["backbone_fpn"][0].mean() + out["vision_pos_enc"][0].mul(out["backbone_fpn"][0]).mean()).backward()
+
+
+def test_rope_tables_survive_casts_and_materialisation():
+    torch.manual_seed(0)
+    reference = tiny_trunk()
+    tables = [b.attn.freqs_cis.clone() for b in reference.blocks]
+    cast = copy.deepcopy(reference).to(torch.bfloat16)
+    with torch.device("meta"):
+        on_meta = tiny_trunk()
+    materialised = on_meta.to_empty(device="cpu")
+    for model in (cast, materialised):
+        for block, table in zip(model.blocks, tables, strict=True):
+            assert block.attn.freqs_cis.dtype == torch.complex64
+            assert torch.equal(block.attn.freqs_cis, table)
 
 
 def test_activation_checkpointing_gives_identical_gradients():
