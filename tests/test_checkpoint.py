@@ -52,6 +52,23 @@ def test_released_layout_maps_onto_the_image_model(reference_dir):
     assert len(unused) == 331
 
 
+def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
+    with torch.device("meta"):
+        backbone = instantiate(OmegaConf.load(TINY.with_name("sam3.yaml")).backbone)
+    layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
+    # Meta tensors carry shapes only; the RoPE tables' values are checked in the tiny tests.
+    state = {
+        key: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+        for key, shape, dtype in layout
+        if not key.endswith("freqs_cis")
+    }
+    report = load_state_dict(backbone, state, prefix="backbone.", wrapped=True)
+    assert report.layout == "official" and not report.problems
+    assert len(report.loaded) == len(backbone.state_dict()) - 32  # all but the 32 RoPE tables
+    assert len(report.known_unused) == 331
+    assert all(not k.startswith("backbone.") for k in report.outside_prefix)
+
+
 def test_ddp_and_bare_layouts_are_recognised():
     assert map_checkpoint_keys(["module.a.weight", "module.b"]).renamed == {"module.a.weight": "a.weight", "module.b": "b"}
     assert map_checkpoint_keys(["module.a", "b"]).layout == "bare"
