@@ -147,3 +147,13 @@ def test_non_state_dict_file_is_rejected(target, tmp_path):
     torch.save({"model": {"a": 1}}, path)
     with pytest.raises(ValueError, match="is not a state dict"):
         load_checkpoint(target, path)
+
+
+def test_builder_loads_the_backbone_part_of_a_full_model_checkpoint(source, tmp_path):
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    state["encoder.layers.0.norm1.weight"] = torch.ones(64)  # the grounding head's weights
+    path = tmp_path / "full.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "step": 3}, path)
+    cfg = OmegaConf.load(TINY)
+    cfg.backbone.checkpoint_path = str(path)
+    assert_same_weights(source, instantiate(cfg.backbone))
