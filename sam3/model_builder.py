@@ -89,36 +89,22 @@ def build_sam3_image_model(
             (it only acts in training).
         compile: compile the image trunk, fusion encoder and decoder in place with `torch.compile`.
     """
-    widths = {
-        "encoder": encoder.d_model,
-        "decoder": decoder.d_model,
-        "geometry_encoder": geometry_encoder.d_model,
-    }
-    wrong = {name: width for name, width in widths.items() if width != d_model}
-    if wrong:
-        raise ValueError(f"model width d_model={d_model} but these parts differ: {wrong}")
-    if enable_segmentation and segmentation_head is None:
-        raise ValueError("enable_segmentation=True needs a segmentation_head config")
-    model = Sam3Image(
+    return _assemble(
+        Sam3Image,
+        {},
+        d_model=d_model,
         backbone=backbone,
         encoder=encoder,
         decoder=decoder,
         dot_prod_scoring=dot_prod_scoring,
         geometry_encoder=geometry_encoder,
-        segmentation_head=segmentation_head if enable_segmentation else None,
+        segmentation_head=segmentation_head,
+        enable_segmentation=enable_segmentation,
+        checkpoint_path=checkpoint_path,
+        eval_mode=eval_mode,
+        use_act_checkpoint=use_act_checkpoint,
+        compile=compile,
     )
-    if use_act_checkpoint is not None:
-        for module in model.modules():
-            if hasattr(module, "use_act_checkpoint"):
-                module.use_act_checkpoint = use_act_checkpoint
-    if checkpoint_path is not None:
-        _load_image_model_checkpoint(model, checkpoint_path, enable_segmentation)
-    if compile:
-        for module in (model.backbone.vision_backbone, encoder, decoder):
-            module.compile()
-    if eval_mode:
-        model.eval()
-    return model
 
 
 def build_sam3_image_video_model(
@@ -148,7 +134,14 @@ def build_sam3_image_video_model(
         gather_backbone_out: at inference, gather backbone features instead of detector outputs.
         Others: as `build_sam3_image_model` (image checkpoints load unchanged).
     """
-    image_model = build_sam3_image_model(
+    video_arguments = {
+        "frame_sharder": frame_sharder,
+        "async_all_gather": async_all_gather,
+        "gather_backbone_out": gather_backbone_out,
+    }
+    return _assemble(
+        Sam3ImageOnVideoMultiGPU,
+        video_arguments,
         d_model=d_model,
         backbone=backbone,
         encoder=encoder,
@@ -162,12 +155,58 @@ def build_sam3_image_video_model(
         use_act_checkpoint=use_act_checkpoint,
         compile=compile,
     )
-    return Sam3ImageOnVideoMultiGPU.from_image_model(
-        image_model,
-        frame_sharder=frame_sharder,
-        async_all_gather=async_all_gather,
-        gather_backbone_out=gather_backbone_out,
+
+
+def _assemble(
+    model_cls: type[Sam3Image],
+    extra_arguments: dict,
+    *,
+    d_model: int,
+    backbone: VLBackbone,
+    encoder: FusionEncoder,
+    decoder: QueryDecoder,
+    dot_prod_scoring: DotProductScoring,
+    geometry_encoder: GeometryEncoder,
+    segmentation_head: SegmentationHead | None,
+    enable_segmentation: bool,
+    checkpoint_path: str | Path | None,
+    eval_mode: bool,
+    use_act_checkpoint: bool | None,
+    compile: bool,
+) -> Sam3Image:
+    """Builds `model_cls` from its parts (its constructor initialises the grounding transformer), then
+    loads weights, so a checkpoint is never overwritten by initialisation."""
+    widths = {
+        "encoder": encoder.d_model,
+        "decoder": decoder.d_model,
+        "geometry_encoder": geometry_encoder.d_model,
+    }
+    wrong = {name: width for name, width in widths.items() if width != d_model}
+    if wrong:
+        raise ValueError(f"model width d_model={d_model} but these parts differ: {wrong}")
+    if enable_segmentation and segmentation_head is None:
+        raise ValueError("enable_segmentation=True needs a segmentation_head config")
+    model = model_cls(
+        backbone=backbone,
+        encoder=encoder,
+        decoder=decoder,
+        dot_prod_scoring=dot_prod_scoring,
+        geometry_encoder=geometry_encoder,
+        segmentation_head=segmentation_head if enable_segmentation else None,
+        **extra_arguments,
     )
+    if use_act_checkpoint is not None:
+        for module in model.modules():
+            if hasattr(module, "use_act_checkpoint"):
+                module.use_act_checkpoint = use_act_checkpoint
+    if checkpoint_path is not None:
+        _load_image_model_checkpoint(model, checkpoint_path, enable_segmentation)
+    if compile:
+        for module in (model.backbone.vision_backbone, encoder, decoder):
+            module.compile()
+    if eval_mode:
+        model.eval()
+    return model
 
 
 def _load_image_model_checkpoint(model: nn.Module, path: str | Path, with_segmentation: bool) -> None:

@@ -7,7 +7,10 @@ through `sam3.distributed.env`, so it exercises the same path as a real launch.
 from __future__ import annotations
 
 import os
+import pickle
+import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +36,7 @@ def run_on_local_ranks(
     Raises RuntimeError with the failing rank's traceback if any rank fails or does not finish in time.
     """
     context = mp.get_context("spawn")
-    results = context.SimpleQueue()
+    results = context.Queue()
     port = free_port()
     processes = [
         context.Process(target=_rank_main, args=(rank, world_size, port, threads_per_rank, fn, args, results))
@@ -41,21 +44,31 @@ def run_on_local_ranks(
     ]
     for process in processes:
         process.start()
+    # Results are read while the ranks run: a rank blocks on a full pipe until its result is taken.
     outcomes: dict[int, tuple[bool, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(outcomes) < world_size and time.monotonic() < deadline:
+        try:
+            rank, ok, value = results.get(timeout=1.0)
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in processes):
+                break  # a rank died without reporting; the others may wait on it forever
+            continue
+        outcomes[rank] = (ok, pickle.loads(value))
+        if not ok:
+            break  # the other ranks may hang in a collective with the failed one
     for process in processes:
-        process.join(timeout=timeout_s)
-    for process in processes:
+        process.join(timeout=5)
         if process.is_alive():
             process.kill()
-    while not results.empty():
-        rank, ok, value = results.get()
-        outcomes[rank] = (ok, value)
+            process.join()
     failures = [f"rank {rank}:\n{value}" for rank, (ok, value) in sorted(outcomes.items()) if not ok]
     missing = [rank for rank in range(world_size) if rank not in outcomes]
     if failures or missing:
+        exit_codes = {rank: p.exitcode for rank, p in enumerate(processes)}
         raise RuntimeError(
-            f"{len(failures)} rank(s) failed, {len(missing)} did not finish within {timeout_s:.0f} s "
-            f"(ranks {missing})\n" + "\n".join(failures)
+            f"{len(failures)} rank(s) failed and ranks {missing} did not report within {timeout_s:.0f} s "
+            f"(exit codes {exit_codes})\n" + "\n".join(failures)
         )
     return [outcomes[rank][1] for rank in range(world_size)]
 
@@ -74,8 +87,9 @@ def _rank_main(rank, world_size, port, threads, fn, args, results) -> None:
     torch.set_num_threads(threads)
     try:
         dist_env.init_distributed(backend="gloo")
-        results.put((rank, True, fn(*args)))
+        # pickled by value here: tensors shared by file descriptor would vanish when this rank exits
+        results.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException:  # report every failure, including KeyboardInterrupt, to the parent
-        results.put((rank, False, traceback.format_exc()))
+        results.put((rank, False, pickle.dumps(traceback.format_exc())))
     finally:
         dist_env.teardown_distributed()

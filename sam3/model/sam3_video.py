@@ -90,29 +90,6 @@ class Sam3ImageOnVideoMultiGPU(Sam3Image):
         self.async_all_gather = async_all_gather
         self.gather_backbone_out = gather_backbone_out
 
-    @classmethod
-    def from_image_model(
-        cls,
-        image_model: Sam3Image,
-        *,
-        frame_sharder: FrameSharderLike | None = None,
-        async_all_gather: bool = True,
-        gather_backbone_out: bool = False,
-    ) -> Sam3ImageOnVideoMultiGPU:
-        """The video model sharing every part (and so every weight) of a built image model."""
-        model = cls(
-            backbone=image_model.backbone,
-            encoder=image_model.transformer["encoder"],
-            decoder=image_model.transformer["decoder"],
-            dot_prod_scoring=image_model.dot_prod_scoring,
-            geometry_encoder=image_model.geometry_encoder,
-            segmentation_head=image_model.segmentation_head,
-            frame_sharder=frame_sharder,
-            async_all_gather=async_all_gather,
-            gather_backbone_out=gather_backbone_out,
-        )
-        return model.train(image_model.training)
-
     @property
     def group_size(self) -> int:
         return 1 if self.frame_sharder is None else self.frame_sharder.group_size
@@ -179,23 +156,30 @@ class Sam3ImageOnVideoMultiGPU(Sam3Image):
         *,
         reverse: bool = False,
         postprocess: FramePostprocess | None = None,
+        frame_shape: tuple[int, int, int] | None = None,
     ) -> dict[int, FrameOutputs]:
         """Grounds every prompt in every frame of a video; every rank ends with every frame's outputs.
 
         Args:
-            load_frame: returns frame t as a (3, H, W) normalised image on the model's device; each rank
-                loads only the frames it computes.
+            load_frame: returns frame t as a (3, H, W) normalised image on the model's device. It is
+                called only for the frames this rank computes: in forward order exactly the frames it
+                owns (t mod F == group rank), the frames the data side decoded for it.
             num_frames: T, frames in the video.
             texts: the P prompts.
             reverse: process the frames from last to first.
             postprocess: optional per-frame hook applied before the gather (see `FramePostprocess`).
+            frame_shape: (3, H, W) of the frames; needed only when this rank may own no frame at all
+                (T < F), where it computes a placeholder frame to keep the group's collectives in step.
 
         Returns:
             frame index -> named tensors for the frame's P prompts: `pred_logits` (P, Q, 1), `pred_boxes`
             (P, Q, 4) normalised cxcywh, `presence_logit_dec` (P, 1), `pred_masks` (P, Q, h, w) logits
             (when segmentation is enabled), or whatever `postprocess` returns.
         """
-        return dict(self.iter_video_grounding(load_frame, num_frames, texts, reverse=reverse, postprocess=postprocess))
+        frames = self.iter_video_grounding(
+            load_frame, num_frames, texts, reverse=reverse, postprocess=postprocess, frame_shape=frame_shape
+        )
+        return dict(frames)
 
     @torch.no_grad()
     def iter_video_grounding(
@@ -206,6 +190,7 @@ class Sam3ImageOnVideoMultiGPU(Sam3Image):
         *,
         reverse: bool = False,
         postprocess: FramePostprocess | None = None,
+        frame_shape: tuple[int, int, int] | None = None,
     ) -> Iterator[tuple[int, FrameOutputs]]:
         """Like `forward_video_grounding_multigpu`, yielding (frame index, outputs) in processing order.
 
@@ -214,16 +199,27 @@ class Sam3ImageOnVideoMultiGPU(Sam3Image):
         """
         if num_frames < 1:
             raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+        if self.group_rank >= num_frames and frame_shape is None:
+            raise ValueError(
+                f"group rank {self.group_rank} owns no frame of this {num_frames}-frame video (fewer frames "
+                f"than the group's {self.group_size} ranks): pass frame_shape=(3, H, W) so it can compute a "
+                "placeholder frame and keep the group's collectives in step"
+            )
         order = list(range(num_frames))[:: -1 if reverse else 1]
         chunks = [order[i : i + self.group_size] for i in range(0, num_frames, self.group_size)]
         text = self.backbone.forward_text(texts)
         buffer = self._new_buffer()
         previous: list[int] | None = None
+        placeholder = None
         for chunk in chunks:
             chunk_keys: list[int | None] = [chunk[r] if r < len(chunk) else None for r in range(self.group_size)]
             mine = chunk_keys[self.group_rank]
-            frame_idx = mine if mine is not None else chunk[-1]  # past the end: compute a duplicate, dropped
-            image = load_frame(frame_idx).unsqueeze(0)
+            if mine is not None:
+                image = load_frame(mine).unsqueeze(0)
+                placeholder = torch.zeros_like(image)
+            else:  # past the end of the video: compute a placeholder whose outputs are dropped
+                image = self._placeholder_frame(placeholder, frame_shape)
+            frame_idx = chunk[-1] if mine is None else mine
             vision = self.backbone.forward_image(image)
             if self.gather_backbone_out:
                 self._gather(buffer, chunk_keys, _flatten_vision(vision))
@@ -240,6 +236,12 @@ class Sam3ImageOnVideoMultiGPU(Sam3Image):
         if self.frame_sharder is None:
             return _LocalBuffer()
         return self.frame_sharder.new_buffer()
+
+    def _placeholder_frame(self, previous: torch.Tensor | None, frame_shape: tuple[int, int, int] | None) -> torch.Tensor:
+        if previous is not None:
+            return previous
+        parameter = next(self.parameters())
+        return torch.zeros(1, *frame_shape, dtype=parameter.dtype, device=parameter.device)
 
     def _gather(self, buffer: Any, chunk_keys: list, tensors: FrameOutputs) -> None:
         if self.frame_sharder is None:
