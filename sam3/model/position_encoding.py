@@ -1,8 +1,7 @@
 """Fixed sine position encodings (DETR, "End-to-End Object Detection with Transformers", Sec. A.4).
 
 `PositionEmbeddingSine` encodes a feature map's pixel grid, normalised to (0, 2π], half of the
-channels for y and half for x. The same frequencies encode normalised box and point coordinates
-for prompt encoders (`encode_xy`, `encode_boxes`, `encode_points`).
+channels for y and half for x.
 """
 
 from __future__ import annotations
@@ -76,36 +75,3 @@ class PositionEmbeddingSine(nn.Module):
             pos_x = self._encode_1d(x_embed)[None, :, :].expand(h, w, -1)  # (H, W, C/2)
             self._grid_cache[key] = torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (C, H, W)
         return self._grid_cache[key][None].expand(x.shape[0], -1, -1, -1)
-
-    def encode_xy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode normalised coordinates.
-
-        Args:
-            x: (N,) x in [0, 1].
-            y: (N,) y in [0, 1].
-
-        Returns:
-            (N, C/2) x encodings and (N, C/2) y encodings.
-        """
-        if x.shape != y.shape or x.ndim != 1:
-            raise ValueError(f"x and y must be 1-D of equal length, got {tuple(x.shape)} and {tuple(y.shape)}")
-        return self._encode_1d(x * self.scale), self._encode_1d(y * self.scale)
-
-    @torch.no_grad()
-    def encode_boxes(self, cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Encode normalised cxcywh boxes: (N,) each -> (N, C + 2) as [enc(cy), enc(cx), h, w]."""
-        pos_x, pos_y = self.encode_xy(cx, cy)
-        return torch.cat((pos_y, pos_x, h[:, None], w[:, None]), dim=1)
-
-    @torch.no_grad()
-    def encode_points(self, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Encode normalised points: (B, N) each -> (B, N, C + 1) as [enc(y), enc(x), label]."""
-        if not x.shape == y.shape == labels.shape:
-            raise ValueError(
-                f"x, y and labels must share a (B, N) shape, got {tuple(x.shape)}, {tuple(y.shape)}, "
-                f"{tuple(labels.shape)}"
-            )
-        pos_x, pos_y = self.encode_xy(x.flatten(), y.flatten())
-        pos_x = pos_x.reshape(*x.shape, -1)  # (B, N, C/2)
-        pos_y = pos_y.reshape(*y.shape, -1)  # (B, N, C/2)
-        return torch.cat((pos_y, pos_x, labels[..., None].to(pos_x.dtype)), dim=-1)

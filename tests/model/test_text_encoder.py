@@ -3,6 +3,7 @@ padding mask and causality."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import html
 from pathlib import Path
@@ -142,3 +143,16 @@ def test_attention_is_causal(text_encoder):
         features = text_encoder.encode_tokens(ids).features  # (L, B, C)
     torch.testing.assert_close(features[:3, 0], features[:3, 1], rtol=0, atol=0)
     assert not torch.allclose(features[3, 0], features[3, 1])
+
+
+def test_activation_checkpointing_gives_identical_gradients(text_encoder):
+    plain = copy.deepcopy(text_encoder).train()
+    ckpt = copy.deepcopy(text_encoder).train()
+    ckpt.encoder.use_act_checkpoint = True
+    for model in (plain, ckpt):
+        model(["a red circle"]).features.square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters(), strict=True):
+        if name == "encoder.text_projection":
+            assert a.grad is None and b.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, msg=name)
