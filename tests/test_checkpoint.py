@@ -70,7 +70,9 @@ def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
 
 
 def test_ddp_and_bare_layouts_are_recognised():
-    assert map_checkpoint_keys(["module.a.weight", "module.b"]).renamed == {"module.a.weight": "a.weight", "module.b": "b"}
+    mapping = map_checkpoint_keys(["module.a.weight", "module.b"])
+    assert mapping.layout == "ddp"
+    assert mapping.renamed == {"module.a.weight": "a.weight", "module.b": "b"}
     assert map_checkpoint_keys(["module.a", "b"]).layout == "bare"
 
 
@@ -105,7 +107,10 @@ def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="sam3.checkpoint"):
         report = load_checkpoint(target, path, prefix="backbone.")
     assert report.layout == "official"
-    assert report.known_unused == ["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight", "tracker.maskmem_tpos_enc"]
+    assert report.known_unused == [
+        "detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight",
+        "tracker.maskmem_tpos_enc",
+    ]
     assert report.outside_prefix == ["geometry_encoder.norm.weight"]
     assert "(1 tracker.*, 1 detector.backbone.vision_backbone.sam2_convs.*)" in caplog.text
     assert_same_weights(source, target)
@@ -114,7 +119,8 @@ def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
 def test_mis_shaped_key_raises_and_non_strict_loads_the_rest(source, target):
     state = dict(source.state_dict())
     state["language_backbone.resizer.weight"] = torch.zeros(3, 3)
-    with pytest.raises(ValueError, match=r"1 mis-shaped: language_backbone.resizer.weight: file \(3, 3\) vs model \(64, 64\)"):
+    expected = r"1 mis-shaped: language_backbone.resizer.weight: file \(3, 3\) vs model \(64, 64\)"
+    with pytest.raises(ValueError, match=expected):
         load_state_dict(target, state)
     before = target.language_backbone.resizer.weight.clone()
     report = load_state_dict(target, state, strict=False)
@@ -127,7 +133,8 @@ def test_missing_and_unexpected_keys_raise(source, target):
     state = dict(source.state_dict())
     del state["vision_backbone.convs.0.conv_3x3.bias"]
     state["vision_backbone.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="1 missing: vision_backbone.convs.0.conv_3x3.bias; 1 unexpected: vision_backbone.extra.weight"):
+    expected = "1 missing: vision_backbone.convs.0.conv_3x3.bias; 1 unexpected: vision_backbone.extra.weight"
+    with pytest.raises(ValueError, match=expected):
         load_state_dict(target, state)
 
 
