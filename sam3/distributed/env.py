@@ -199,16 +199,17 @@ class RankZeroFilter(logging.Filter):
 
 
 def setup_logging(rank: int, level: int = logging.INFO) -> None:
-    """Configures the root logger once: rank-prefixed lines, full output on rank 0 only."""
+    """Configures the root logger: rank-prefixed lines, full output on rank 0, warnings elsewhere.
+
+    Replaces any handlers already installed (Hydra installs its own), so every record prints once.
+    """
     root = logging.getLogger()
     root.setLevel(level)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[%(asctime)s rank{rank} %(name)s %(levelname)s] %(message)s"))
     handler.addFilter(RankZeroFilter(rank))
     for existing in list(root.handlers):
-        if getattr(existing, "_sam3_handler", False):
-            root.removeHandler(existing)
-    handler._sam3_handler = True  # type: ignore[attr-defined]
+        root.removeHandler(existing)
     root.addHandler(handler)
 
 

@@ -1,0 +1,248 @@
+"""`evaluate(model, dataset, sharder)`: frame-sharded video inference, post-processing, linking, metrics.
+
+Whole videos are split across frame groups (`split_videos_for_eval`); inside a group the frames of a
+video are split across its ranks (chunk by chunk, `forward_video_grounding_multigpu`, with async
+prefetch). Each rank selects its frames' best detections before the gather (fixed-size top-k with
+optional mask NMS, so every rank sends same-shaped tensors). After the gather every rank of the group
+holds every frame; the group's first rank maps them to the original size, links them into masklets and
+keeps the prediction records. The records of all groups are gathered to rank 0, deduplicated, written
+once in the SA-Co/VEval prediction format and scored against the dataset's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sam3.data.dataset import VideoGroundingDataset
+from sam3.data.index import DatasetIndex
+from sam3.data.sampler import split_videos_for_eval
+from sam3.eval.linking import LinkingConfig, link_video
+from sam3.eval.postprocess import FrameDetections, MaskNMS, to_original_size
+from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions, write_predictions
+from sam3.eval.veval import evaluate_veval
+from sam3.structures import DetectorOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How predictions are selected before linking.
+
+    Attributes:
+        max_detections: detections kept per (frame, prompt), best score first (the gathered size).
+        min_score: detections scoring at or below this are dropped (AP needs a low value).
+        nms_iou_thresh: per-frame mask NMS threshold, None to disable.
+        mask_logit_thresh: foreground where the resized mask logit exceeds this.
+    """
+
+    max_detections: int = 20
+    min_score: float = 0.05
+    nms_iou_thresh: float | None = 0.7
+    mask_logit_thresh: float = 0.0
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: VideoGroundingDataset,
+    sharder: Any,
+    *,
+    out_path: str | Path,
+    device: torch.device | str = "cpu",
+    score_thresh: float = 0.5,
+    config: EvalConfig = EvalConfig(),
+    linking: LinkingConfig = LinkingConfig(),
+    max_videos: int | None = None,
+) -> dict[str, float]:
+    """Evaluates `model` on the whole videos of `dataset`; every rank calls it.
+
+    Args:
+        model: `Sam3ImageOnVideoMultiGPU` (its frame sharder must be `sharder`).
+        dataset: an evaluation dataset (`train=False`) built for this rank's frame-group rank.
+        sharder: the frame sharder (`sam3.distributed.frame_shard.FrameSharder`).
+        out_path: where rank 0 writes the predictions (SA-Co/VEval format) and, beside it, the metrics.
+        device: the model's device.
+        score_thresh: the operating point of cgF1, HOTA and TETA.
+        config: detection selection before linking.
+        linking: masklet linking rules.
+        max_videos: evaluate only the first N videos (None = all).
+
+    Returns:
+        The dataset-level metrics on rank 0 (`video_mask_mAP_50_95`, `video_mask_demo_cgf1_micro_50_95`,
+        ...), an empty dict on other ranks.
+    """
+    if dataset.train:
+        raise ValueError("evaluate needs an evaluation dataset (train=False): whole videos, no augmentation")
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    num_videos = len(dataset) if max_videos is None else min(int(max_videos), len(dataset))
+    lengths = [dataset.index.videos[i].length for i in range(num_videos)]
+    my_videos = split_videos_for_eval(lengths, sharder.num_groups)[sharder.group_idx]
+    records: list[dict[str, Any]] = []
+    select = _TopDetections(config)
+    for video_idx in my_videos:
+        records += _video_records(model, dataset, video_idx, sharder, device, select, config, linking)
+    model.train(was_training)
+
+    shards = _gather_to_rank0(records if sharder.group_rank == 0 else [])
+    if _rank() != 0:
+        return {}
+    predictions = merge_prediction_shards(shards)
+    out_path = Path(out_path)
+    write_predictions(predictions, out_path)
+    gt = parse_ground_truth(index_to_veval_gt(dataset.index, num_videos), source=dataset.index.source)
+    results = evaluate_veval(gt, parse_predictions(predictions, gt, source=str(out_path)), score_thresh=score_thresh)
+    metrics = {k: float(v) for k, v in results["dataset_results"].items()}
+    out_path.with_name(out_path.stem + "_metrics.json").write_text(json.dumps(results, indent=1, default=float))
+    logger.info(
+        "evaluated %d videos in %.1f s: video mask mAP %.4f, cgF1 %.4f (predictions: %s)",
+        num_videos,
+        time.perf_counter() - start,
+        metrics.get("video_mask_mAP_50_95", float("nan")),
+        metrics.get("video_mask_demo_cgf1_micro_50_95", float("nan")),
+        out_path,
+    )
+    return metrics
+
+
+def index_to_veval_gt(index: DatasetIndex, num_videos: int | None = None) -> dict[str, Any]:
+    """The SA-Co/VEval ground-truth dict of (the first `num_videos` videos of) any dataset index."""
+    videos, annotations, np_pairs = [], [], []
+    categories: dict[Any, str] = {}
+    count = len(index) if num_videos is None else num_videos
+    for video, masklets, pairs in zip(index.videos[:count], index.masklets[:count], index.pairs[:count]):
+        videos.append(
+            {"id": video.video_id, "video_name": video.name, "file_names": video.file_names,
+             "height": video.height, "width": video.width, "length": video.length}
+        )
+        for masklet in masklets:
+            annotations.append(
+                {
+                    "id": masklet.ann_id,
+                    "video_id": video.video_id,
+                    "category_id": masklet.category_id,
+                    "bboxes": masklet.boxes_xywh,
+                    "segmentations": masklet.segmentations or [None] * video.length,
+                    "iscrowd": int(masklet.is_crowd),
+                }
+            )
+        for pair in pairs:
+            categories[pair.category_id] = pair.phrase
+            np_pairs.append(
+                {"video_id": video.video_id, "category_id": pair.category_id, "noun_phrase": pair.phrase,
+                 "num_masklets": pair.num_masklets}
+            )
+    return {
+        "videos": videos,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": name} for c, name in categories.items()],
+        "video_np_pairs": np_pairs,
+    }
+
+
+class _TopDetections:
+    """Per-frame hook run before the gather: each prompt's best `max_detections` queries (after NMS),
+    as fixed-size tensors; empty slots have score -1."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
+        self.nms = MaskNMS(config.nms_iou_thresh, config.mask_logit_thresh) if config.nms_iou_thresh else None
+
+    def __call__(self, frame_idx: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = DetectorOutput(
+            pred_logits=tensors["pred_logits"],
+            pred_boxes=tensors["pred_boxes"],
+            pred_boxes_xyxy=tensors["pred_boxes"],
+            presence_logit_dec=tensors["presence_logit_dec"],
+            pred_masks=tensors.get("pred_masks"),
+        )
+        scores = outputs.scores()  # (P, Q)
+        k = min(self.config.max_detections, scores.shape[1])
+        num_prompts = scores.shape[0]
+        out_scores = scores.new_full((num_prompts, k), -1.0)
+        out_boxes = outputs.pred_boxes.new_zeros(num_prompts, k, 4)
+        masks = outputs.pred_masks
+        out_masks = None if masks is None else masks.new_full((num_prompts, k, *masks.shape[-2:]), -1e4)
+        for p in range(num_prompts):
+            order = torch.argsort(scores[p], descending=True, stable=True)
+            order = order[scores[p][order] > self.config.min_score]
+            detections = FrameDetections(
+                scores=scores[p][order],
+                boxes_cxcywh=outputs.pred_boxes[p][order],
+                mask_logits=None if masks is None else masks[p][order],
+                query_idx=order,
+            )
+            if self.nms is not None:
+                detections = self.nms(detections)
+            n = min(len(detections), k)
+            out_scores[p, :n] = detections.scores[:n]
+            out_boxes[p, :n] = detections.boxes_cxcywh[:n]
+            if out_masks is not None:
+                out_masks[p, :n] = detections.mask_logits[:n]
+        selected = {"scores": out_scores, "boxes_cxcywh": out_boxes}
+        if out_masks is not None:
+            selected["mask_logits"] = out_masks
+        return selected
+
+
+def _video_records(model, dataset, video_idx, sharder, device, select, config, linking) -> list[dict[str, Any]]:
+    sample = dataset[(0, video_idx)]
+    video = dataset.index.videos[video_idx]
+    own = sample.frame_indices.tolist()
+    position = {t: i for i, t in enumerate(own)}
+    images = sample.images
+
+    def load_frame(t: int) -> torch.Tensor:
+        return images[position[t]].to(device, non_blocking=True)
+
+    frames = model.forward_video_grounding_multigpu(
+        load_frame, sample.num_frames, sample.prompts, postprocess=select, frame_shape=tuple(images.shape[1:])
+    )
+    if sharder.group_rank != 0:
+        return []
+    size = (video.height, video.width)
+    per_frame = []
+    for t in range(sample.num_frames):
+        tensors = frames[t]
+        predictions = []
+        for p in range(len(sample.prompts)):
+            keep = tensors["scores"][p] > config.min_score
+            detections = FrameDetections(
+                scores=tensors["scores"][p][keep].cpu(),
+                boxes_cxcywh=tensors["boxes_cxcywh"][p][keep].cpu(),
+                mask_logits=tensors["mask_logits"][p][keep].cpu() if "mask_logits" in tensors else None,
+                query_idx=keep.nonzero(as_tuple=True)[0].cpu(),
+            )
+            predictions.append(to_original_size(detections, size, config.mask_logit_thresh))
+        per_frame.append(predictions)
+    category_ids = _category_ids(dataset.index, video_idx, sample.prompts)
+    return link_video(video.video_id, category_ids, per_frame, size, linking)
+
+
+def _category_ids(index: DatasetIndex, video_idx: int, prompts: list[str]) -> list[Any]:
+    by_phrase = {pair.phrase: pair.category_id for pair in index.pairs[video_idx]}
+    missing = [p for p in prompts if p not in by_phrase]
+    if missing:
+        raise ValueError(f"{index.source}: video {index.videos[video_idx].video_id} has no category for prompts {missing}")
+    return [by_phrase[p] for p in prompts]
+
+
+def _gather_to_rank0(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [records]
+    gathered: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(records, gathered, dst=0)
+    return gathered if dist.get_rank() == 0 else []
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

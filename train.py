@@ -1,0 +1,29 @@
+"""Train or evaluate from a Hydra config: one process, torchrun (one or many nodes) or SLURM tasks.
+
+    python train.py --config-name demo_shapes_video                      # one process, foreground
+    torchrun --nproc_per_node 8 train.py --config-name roboflow_video_ft \\
+        paths.checkpoint=/path/to/sam3.pt paths.dataset_root=/path/to/videos
+    python train.py --config-name roboflow_video_ft ... trainer.mode=eval
+
+Global torch flags are set here, once, never at import time.
+"""
+
+import logging
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from sam3.train.entry import run
+
+
+@hydra.main(config_path="configs", config_name=None, version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    summary = run(cfg)
+    logging.getLogger("sam3.train").info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
+
+
+if __name__ == "__main__":
+    main()
