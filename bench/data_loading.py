@@ -35,6 +35,8 @@ def clips_per_second(dataset, workers: int, batch_size: int, batches: int, repea
         loader = DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips
         )
+        if batches >= len(loader):
+            raise ValueError(f"--batches {batches} must be below the {len(loader)} batches of an epoch (1 warms up)")
         iterator = iter(loader)
         next(iterator)
         start = time.perf_counter()

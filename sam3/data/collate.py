@@ -75,7 +75,8 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     max_inst = max(
         (len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0
     )
-    boxes, visible, object_ids, masks = [], [], [], []
+    boxes, visible, object_ids = [], [], []
+    clip_masks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (masks, instance table) per clip
     num_instances, is_exhaustive, is_positive = [], [], []
     for s in samples:
         num_local, num_prompts = len(s.frame_indices), len(s.prompts)
@@ -93,12 +94,7 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         visible.append(clip_visible.reshape(-1, max_inst))
         object_ids.append(inst_idx.expand(num_local, -1, -1).reshape(-1, max_inst))
         if has_masks:
-            size_hw = s.masks.shape[-2:]
-            if has_inst:
-                clip_masks = s.masks[:, safe] & clip_visible[..., None, None]  # (F, P, Nmax, S, S)
-            else:
-                clip_masks = torch.zeros(num_local, num_prompts, max_inst, *size_hw, dtype=torch.bool)
-            masks.append(clip_masks.reshape(-1, max_inst, *size_hw))
+            clip_masks.append((s.masks, inst_idx))
         lengths = torch.tensor([len(inst) for inst in s.prompt_instances], dtype=torch.int64)
         num_instances.append(lengths.repeat(num_local))
         is_exhaustive.append(torch.tensor(s.is_exhaustive, dtype=torch.bool).repeat(num_local))
@@ -119,7 +115,7 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         num_instances=cat(num_instances, torch.zeros(0, dtype=torch.int64)),
         is_exhaustive=cat(is_exhaustive, torch.zeros(0, dtype=torch.bool)),
         is_positive=cat(is_positive, torch.zeros(0, dtype=torch.bool)),
-        masks_padded=cat(masks, torch.zeros(0, max_inst, size, size, dtype=torch.bool)) if has_masks else None,
+        masks_padded=_gather_masks(clip_masks, num_pairs, max_inst, size) if has_masks else None,
     )
     meta = FrameMeta(
         video_ids=[s.video_id for s in samples for _ in range(len(s.frame_indices))],
@@ -140,3 +136,24 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         targets=targets,
         clip_ids=[s.clip_id for s in samples],
     )
+
+
+def _gather_masks(
+    clips: list[tuple[torch.Tensor, torch.Tensor]], num_pairs: int, max_inst: int, size: int
+) -> torch.Tensor:
+    """Per-pair padded masks (Npairs, Nmax, S, S) from each clip's (F, N, S, S) masks and (P, Nmax) instances.
+
+    Masks at the model's resolution dominate a batch's memory, so each clip is gathered once, straight
+    into its rows of the output; padding (-1 in the instance table) points at an appended empty mask.
+    """
+    out = torch.empty(num_pairs * max_inst, size, size, dtype=torch.bool)
+    row = 0
+    for masks, inst_idx in clips:
+        num_local, num_inst = masks.shape[:2]
+        with_empty = torch.cat([masks, masks.new_zeros(num_local, 1, size, size)], dim=1)  # (F, N + 1, S, S)
+        slots = torch.where(inst_idx >= 0, inst_idx, num_inst)  # (P, Nmax) into the N + 1 slots
+        rows = (torch.arange(num_local)[:, None, None] * (num_inst + 1) + slots).reshape(-1)  # (F * P * Nmax,)
+        torch.index_select(with_empty.reshape(-1, size, size), 0, rows, out=out[row : row + len(rows)])
+        row += len(rows)
+    assert row == len(out), f"gathered {row} mask slots for {len(out)}"
+    return out.reshape(num_pairs, max_inst, size, size)

@@ -221,20 +221,23 @@ def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> to
     Output pixel i of an axis of n -> m pixels covers source pixels [floor(i n / m), ceil((i + 1) n / m)),
     as in adaptive max pooling (which computes the same, slower).
     """
-    return _any_along(_any_along(masks, -2, height), -1, width)
+    in_h, in_w = masks.shape[-2:]
+    if width / in_w < height / in_h:  # shrink first: the second pass then moves less data
+        return _rows_any(_rows_any(masks.transpose(-1, -2), width).transpose(-1, -2), height).contiguous()
+    return _rows_any(_rows_any(masks, height).transpose(-1, -2), width).transpose(-1, -2).contiguous()
 
 
-def _any_along(masks: torch.Tensor, dim: int, out_len: int) -> torch.Tensor:
-    """OR of the source pixels each output pixel covers along `dim` (a few gathers, no float copy)."""
-    in_len = masks.shape[dim]
+def _rows_any(masks: torch.Tensor, out_len: int) -> torch.Tensor:
+    """Along dim -2 (whole rows are copied, which is fast): OR of the source rows each output row covers."""
+    in_len = masks.shape[-2]
     if in_len == out_len:
         return masks
     j = torch.arange(out_len)
     start = j * in_len // out_len
     end = -(-(j + 1) * in_len // out_len)  # ceil, exclusive
-    out = masks.index_select(dim, start)
+    out = masks.index_select(-2, start)
     for k in range(1, int((end - start).max())):
-        out |= masks.index_select(dim, torch.minimum(start + k, end - 1))
+        out |= masks.index_select(-2, torch.minimum(start + k, end - 1))
     return out
 
 
