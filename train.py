@@ -19,6 +19,11 @@ from sam3.train.entry import run
 
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.launcher.name == "slurm":  # submit instead of running here (sam3/launch/slurm.py)
+        from sam3.launch.slurm import launch
+
+        launch(cfg)
+        return
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     summary = run(cfg)

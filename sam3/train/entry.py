@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,12 @@ def check_required(cfg: DictConfig) -> None:
         raise ValueError("required config values are not set; add them as overrides:\n" + "\n".join(lines))
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Initialises distributed, builds everything from `cfg` and runs the trainer; returns its summary."""
+def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+    """Initialises distributed, builds everything from `cfg` and runs the trainer; returns its summary.
+
+    `on_trainer(trainer)`, if given, is called once the trainer is built and before it runs (the SLURM
+    launcher uses it to route preemption signals to `Trainer.request_checkpoint`).
+    """
     check_required(cfg)
     owns_group = not dist.is_initialized()  # a caller (e.g. a test spawner) may have set it up already
     dist_env = init_distributed() if owns_group else read_dist_env()
@@ -55,6 +60,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_configs(cfg, run_dir)
         device = _device(cfg.get("device", "auto"), dist_env.local_rank)
         trainer = build_trainer(cfg, device)
+        if on_trainer is not None:
+            on_trainer(trainer)
         return trainer.run()
     finally:
         if owns_group:
