@@ -1,0 +1,172 @@
+"""The SLURM launcher: submitit jobs (one rank per task), requeue after a signal, sweeps, sbatch scripts.
+
+The cluster tests run the tiny demo config (56 px, 2-frame clips) on the local two-node SLURM cluster
+of `conftest.py`; ranks are CPU processes talking gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from submitit.core.utils import DelayedSubmission, UncompletedJobError
+
+from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, prepare, submit
+from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from tests.train.conftest import tiny_run_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STEPS = 12  # long enough (about 0.5 s a step) to interrupt a run in its middle
+CPU_JOB = ["data.val=null", "launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.timeout_min=10"]
+TINY = [
+    "data.image_size=56",
+    "data.clip_len=2",
+    "data.clips_per_batch=1",
+    "data.train.prompts.max_prompts=2",
+    "loss.masks.num_points=64",
+    "trainer.log_every=1",
+    "trainer.eval_at_start=false",
+    "optim.schedule.warmup_steps=1",
+    "data.val=null",
+]
+
+
+def _submit(run_dir: Path, dataset_root: Path, *overrides: str):
+    cfg = tiny_run_config(run_dir, dataset_root, *CPU_JOB, *overrides)
+    (job,) = submit([prepare(cfg, run_dir)], SlurmConfig.from_cfg(cfg), run_dir / LOG_FOLDER)
+    return job
+
+
+def _final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_checkpoint(checkpoint_path(run_dir, step))["model"]
+
+
+def _assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+
+
+# ------------------------------------------------------------------------------ without a cluster
+def test_cpu_partitions_need_an_explicit_task_count():
+    with pytest.raises(ValueError, match="launcher.tasks_per_node must be set on CPU partitions"):
+        SlurmConfig(gpus_per_node=0)
+    assert SlurmConfig(gpus_per_node=8).ntasks_per_node == 8
+    assert SlurmConfig(gpus_per_node=0, tasks_per_node=2).ntasks_per_node == 2
+
+
+def test_unknown_launcher_key_is_rejected(tmp_path):
+    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *CPU_JOB, "launcher.tasks_per_node=1", "+launcher.gpus=2")
+    with pytest.raises(ValueError, match="bad launcher config.*valid keys: name, nodes"):
+        SlurmConfig.from_cfg(cfg)
+
+
+def test_checkpoint_counts_requeues_and_the_cap_stops_the_job(tmp_path):
+    job = TrainJob({"run_dir": str(tmp_path)}, max_requeues=2, requeues=1)
+    job._trainer = object()  # a live trainer is never pickled into the next submission
+    delayed = job.checkpoint()
+    assert isinstance(delayed, DelayedSubmission)
+    assert (delayed.function.config, delayed.function.requeues, delayed.function.max_requeues) == (job.config, 2, 2)
+    assert delayed.function.__getstate__() == {"config": job.config, "max_requeues": 2, "requeues": 2}
+    with pytest.raises(UncompletedJobError, match=r"after 2 requeues \(launcher.max_requeues=2\)"):
+        delayed.function._requeue_and_exit(step=5)
+
+
+# ---------------------------------------------------------------------------------- on SLURM
+@pytest.fixture(scope="module")
+def reference_run(slurm_cluster, launch_shapes, tmp_path_factory):
+    """A 2-task job (one node) of STEPS steps, uninterrupted: (run_dir, job)."""
+    run_dir = tmp_path_factory.mktemp("slurm") / "reference"
+    job = _submit(run_dir, launch_shapes, f"trainer.max_steps={STEPS}", "launcher.tasks_per_node=2")
+    job.results()
+    return run_dir, job
+
+
+@pytest.mark.slow
+def test_two_task_job_trains_and_writes_its_checkpoint(reference_run):
+    run_dir, job = reference_run
+    results = job.results()  # one per task, raises if a task failed
+    assert [r["step"] for r in results] == [STEPS, STEPS]
+    assert not any(r.get("interrupted") for r in results)
+    assert [p.name for p in list_checkpoints(run_dir)] == [checkpoint_path(run_dir, STEPS).name]
+    assert "2 ranks" in (run_dir / "train.log").read_text()
+    assert (run_dir / "train_rank1.log").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_one_task_each_equal_two_tasks_on_one_node(slurm_cluster, reference_run, launch_shapes, tmp_path):
+    if len(slurm_cluster.nodes) < 2:
+        pytest.skip(f"the running SLURM cluster has one node ({slurm_cluster.nodes}); this test needs two")
+    run_dir = tmp_path / "two_nodes"
+    job = _submit(run_dir, launch_shapes, f"trainer.max_steps={STEPS}", "launcher.nodes=2", "launcher.tasks_per_node=1")
+    assert [r["step"] for r in job.results()] == [STEPS, STEPS]
+    node_list = job.get_info()["NodeList"]  # e.g. "node[1-2]"
+    hosts = subprocess.check_output(["scontrol", "show", "hostnames", node_list], text=True).split()
+    assert sorted(hosts) == slurm_cluster.nodes[:2], node_list
+    _assert_same_weights(_final_weights(run_dir, STEPS), _final_weights(reference_run[0], STEPS))
+
+
+@pytest.mark.slow
+def test_interrupted_job_saves_requeues_and_ends_with_the_uninterrupted_weights(reference_run, launch_shapes, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    job = _submit(run_dir, launch_shapes, f"trainer.max_steps={STEPS}", "launcher.tasks_per_node=2")
+    stats = run_dir / "stats.jsonl"
+    deadline = time.monotonic() + 240
+    while not (stats.exists() and len(stats.read_text().splitlines()) >= 2):  # two steps done
+        assert time.monotonic() < deadline, f"job {job.job_id} made no progress: {job.state}"
+        assert job.state in ("PENDING", "RUNNING", "UNKNOWN"), f"job {job.job_id} is {job.state}"
+        time.sleep(0.1)
+    job._interrupt()  # SIGTERM then USR2, as SLURM's preemption does
+    assert [r["step"] for r in job.results()] == [STEPS, STEPS]
+    saved = [int(p.stem.split("_")[1]) for p in list_checkpoints(run_dir)]
+    assert len(saved) == 2 and 2 <= saved[0] < STEPS and saved[1] == STEPS, saved
+    log = (run_dir / "train.log").read_text()
+    assert f"saved step {saved[0]} and stopping" in log
+    assert f"resumed from {checkpoint_path(run_dir, saved[0])}" in log
+    assert DelayedSubmission.load(job.paths.submitted_pickle).function.requeues == 1
+    _assert_same_weights(_final_weights(run_dir, STEPS), _final_weights(reference_run[0], STEPS))
+
+
+@pytest.mark.slow
+def test_sbatch_script_trains_with_torchrun_on_two_nodes(slurm_cluster, launch_shapes, tmp_path):
+    if len(slurm_cluster.nodes) < 2:
+        pytest.skip(f"the running SLURM cluster has one node ({slurm_cluster.nodes}); this test needs two")
+    run_dir = tmp_path / "sbatch"
+    overrides = ["--config-name", "demo_shapes_video", f"run_dir={run_dir}", f"paths.dataset_root={launch_shapes}"]
+    command = ["sbatch", "--wait", "--nodes=2", f"--output={tmp_path}/%j.out", "slurm/train.sbatch", *overrides, *TINY, "trainer.max_steps=3"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{logs}"
+    assert checkpoint_path(run_dir, 3).exists()
+    assert "2 ranks" in (run_dir / "train.log").read_text()
+    steps = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sweep_is_submitted_as_one_job_array_with_a_run_dir_each(slurm_cluster, launch_shapes, tmp_path):
+    run_dir = tmp_path / "sweep"
+    command = [
+        sys.executable, "train.py", "-m", "--config-name", "demo_shapes_video", f"run_dir={run_dir}",
+        f"paths.dataset_root={launch_shapes}", *TINY, *CPU_JOB, "launcher.tasks_per_node=1", "launcher.wait=true",
+        "trainer.max_steps=2", "optim.optimizer.lr_rest=1e-3,2e-3",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    submitted = [line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted SLURM job")]
+    assert len(submitted) == 2 and {s.split("_")[0] for s in submitted} == {submitted[0].split("_")[0]}, submitted
+    assert sorted(s.split("_")[1] for s in submitted) == ["0", "1"]
+    for index, lr in ((0, 1e-3), (1, 2e-3)):
+        element = run_dir / str(index)
+        assert checkpoint_path(element, 2).exists()
+        assert f"lr_rest: {lr}" in (element / "config_resolved.yaml").read_text()
