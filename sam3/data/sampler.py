@@ -2,9 +2,9 @@
 
 DESIGN.md, "Frame sharding": the world of W ranks is split into W / F frame groups of F consecutive
 ranks. Every rank of a group gets the same clip indices; different groups get disjoint clips. In a clip
-of T frames, frame t belongs to group rank t mod F (`frames_of_rank`, the one rule the model side asks
-too). Randomness is a pure function of (seed, epoch, clip index) (`clip_rng`), so the ranks of a group
-draw the same frames and augmentation without communicating.
+of T frames, frame t belongs to group rank t mod F (`sam3.distributed.frame_shard.frames_of_rank`, the
+one rule the data and the model side both ask). Randomness is a pure function of (seed, epoch, clip
+index) (`clip_rng`), so the ranks of a group draw the same frames and augmentation without communicating.
 """
 
 from __future__ import annotations
@@ -16,35 +16,6 @@ import numpy as np
 from torch.utils.data import Sampler
 
 ClipKey = tuple[int, int]  # (epoch, clip index): what the samplers yield and the dataset takes
-
-
-def frames_of_rank(num_frames: int, group_size: int, group_rank: int) -> list[int]:
-    """The global frame indices of a T-frame clip held by `group_rank`: every t with t mod F == group_rank.
-
-    Empty when T <= group_rank (the rank then runs a zero-weight step).
-    """
-    if not 0 <= group_rank < group_size:
-        raise ValueError(f"group_rank must be in [0, group_size={group_size}), got {group_rank}")
-    return list(range(group_rank, num_frames, group_size))
-
-
-def frame_group_layout(rank: int, world_size: int, group_size: int | None) -> tuple[int, int, int]:
-    """(num_groups, group_idx, group_rank) of `rank`, groups being `group_size` consecutive ranks.
-
-    Args:
-        rank: global rank in [0, world_size).
-        world_size: W.
-        group_size: F, which must divide W; None means F = W (one group).
-    """
-    size = world_size if group_size is None else group_size
-    if size <= 0 or world_size % size:
-        raise ValueError(
-            f"frame_group_size={group_size} must divide the world size: {world_size} % {size} = "
-            f"{world_size % size if size > 0 else 'undefined'}"
-        )
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    return world_size // size, rank // size, rank % size
 
 
 def clip_rng(seed: int, epoch: int, clip_idx: int) -> np.random.Generator:

@@ -24,6 +24,7 @@ from sam3.data.collate import collate_clips
 from sam3.data.sampler import FrameGroupSampler
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
 from sam3.distributed.frame_shard import FrameSharder
+from sam3.eval.visualize import PredictionStrip
 from sam3.train.trainer import Trainer, TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         run_dir=cfg.run_dir,
         device=device,
         weights_loaded=cfg.paths.get("checkpoint") is not None,
+        visualize=PredictionStrip(score_thresh=float(cfg.get("eval", {}).get("score_thresh", 0.5))),
     )
 
 

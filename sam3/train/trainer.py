@@ -104,7 +104,7 @@ class Trainer:
         run_dir: where checkpoints, logs and TensorBoard files go.
         device: the model's device.
         weights_loaded: whether starting weights came from a checkpoint (eval mode requires it).
-        visualize: `visualize(model, batch, outputs) -> (3, H, W) uint8` image for TensorBoard, or None.
+        visualize: `visualize(model, batch) -> (3, H, W) uint8` image for TensorBoard, or None.
     """
 
     def __init__(

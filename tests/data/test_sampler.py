@@ -1,4 +1,5 @@
-"""Frame ownership, clip sampling and the frame-group samplers (training and evaluation)."""
+"""Clip sampling and the frame-group samplers (training and evaluation); frame ownership is tested with
+`sam3.distributed.frame_shard`."""
 
 from __future__ import annotations
 
@@ -8,28 +9,9 @@ from sam3.data.sampler import (
     EvalVideoSampler,
     FrameGroupSampler,
     clip_rng,
-    frame_group_layout,
-    frames_of_rank,
     sample_clip_frames,
     split_videos_for_eval,
 )
-
-
-@pytest.mark.parametrize("num_frames,group_size", [(8, 4), (7, 3), (2, 4), (1, 1), (0, 2)])
-def test_frames_of_rank_partition_the_clip(num_frames, group_size):
-    owned = [frames_of_rank(num_frames, group_size, r) for r in range(group_size)]
-    assert sorted(t for frames in owned for t in frames) == list(range(num_frames))
-    for rank, frames in enumerate(owned):
-        assert all(t % group_size == rank for t in frames) and frames == sorted(frames)
-    with pytest.raises(ValueError, match="group_rank"):
-        frames_of_rank(num_frames, group_size, group_size)
-
-
-def test_frame_group_layout():
-    assert [frame_group_layout(r, 8, 4) for r in (0, 3, 4, 7)] == [(2, 0, 0), (2, 0, 3), (2, 1, 0), (2, 1, 3)]
-    assert frame_group_layout(5, 6, None) == (1, 0, 5)
-    with pytest.raises(ValueError, match="6 % 4 = 2"):
-        frame_group_layout(0, 6, 4)
 
 
 def test_sample_clip_frames():
