@@ -127,7 +127,8 @@ def make_executor(config: SlurmConfig, folder: str | Path) -> submitit.AutoExecu
         "slurm_array_parallelism": config.array_parallelism,
         # one intra-op thread pool per rank sized to its cores, not to the whole node
         "slurm_setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *config.setup],
-        "slurm_additional_parameters": dict(config.additional_parameters),
+        # requeue-able even where the cluster's default is not (JobRequeue=0)
+        "slurm_additional_parameters": {"requeue": True, **config.additional_parameters},
     }
     if config.gpus_per_node > 0:
         params["gpus_per_node"] = config.gpus_per_node
@@ -200,14 +201,17 @@ class TrainJob(submitit.helpers.Checkpointable):
             delayed.set_timeout(previous._timeout_min, previous._timeout_countdown)
             with temporary_save_path(pickle_path) as tmp:
                 delayed.dump(tmp)
-            subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
-            logger.warning(
-                "requeued job %s after saving step %d (requeue %d of %d)",
-                env.job_id,
-                step,
-                self.requeues + 1,
-                self.max_requeues,
-            )
+            result = subprocess.run(["scontrol", "requeue", env.job_id], capture_output=True, text=True, timeout=60)
+            if result.returncode == 0:
+                logger.warning(
+                    "requeued job %s after saving step %d (requeue %d of %d)",
+                    env.job_id,
+                    step,
+                    self.requeues + 1,
+                    self.max_requeues,
+                )
+            else:  # e.g. SLURM requeues a preempted job itself; the saved pickle still counts this requeue
+                logger.warning("scontrol requeue %s failed: %s", env.job_id, result.stderr.strip())
         # no result file: the job is not finished, the requeued run writes it
         sys.exit(0)
 
@@ -257,7 +261,9 @@ class SubmitSweep(Callback):
         configs = [prepared for prepared, _ in _pending]
         slurm_config = _pending[0][1]
         if any(c != slurm_config for _, c in _pending):
-            raise ValueError("a SLURM job array needs the same launcher settings for every element: do not sweep launcher.*")
+            raise ValueError(
+                "a SLURM job array needs the same launcher settings for every element: do not sweep launcher.*"
+            )
         _pending.clear()
         folder = Path(config.hydra.sweep.dir).resolve() / LOG_FOLDER
         jobs = submit(configs, slurm_config, folder)

@@ -40,7 +40,10 @@ def _script(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 def slurm_cluster():
     """Starts the local two-node SLURM cluster (or reuses a running one) and sets SLURM_CONF."""
     if not _wanted():
-        pytest.skip("SLURM tests start a local SLURM cluster (root; apt-get if missing): set SAM3_TEST_SLURM=1 (or CI) to run them")
+        pytest.skip(
+            "SLURM tests start a local SLURM cluster (root; apt-get if missing): "
+            "set SAM3_TEST_SLURM=1 (or CI) to run them"
+        )
     if not LOCAL_SLURM.exists():
         pytest.fail(f"{LOCAL_SLURM} is absent: the SLURM tests need it (../shared/ beside the checkout)")
     env = {**os.environ, "LOCAL_SLURM_NODES": "2", "LOCAL_SLURM_CRED_EXPIRE": "5"}

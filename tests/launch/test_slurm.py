@@ -17,13 +17,19 @@ import pytest
 import torch
 from submitit.core.utils import DelayedSubmission, UncompletedJobError
 
-from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, prepare, submit
+from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, submit
 from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from tests.train.conftest import tiny_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # long enough (about 0.5 s a step) to interrupt a run in its middle
-CPU_JOB = ["data.val=null", "launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.timeout_min=10"]
+CPU_JOB = [
+    "data.val=null",
+    "launcher=slurm",
+    "launcher.gpus_per_node=0",
+    "launcher.cpus_per_task=1",
+    "launcher.timeout_min=10",
+]
 TINY = [
     "data.image_size=56",
     "data.clip_len=2",
@@ -66,9 +72,33 @@ def test_cpu_partitions_need_an_explicit_task_count():
 
 
 def test_unknown_launcher_key_is_rejected(tmp_path):
-    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *CPU_JOB, "launcher.tasks_per_node=1", "+launcher.gpus=2")
+    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *CPU_JOB, "+launcher.gpus=2")
     with pytest.raises(ValueError, match="bad launcher config.*valid keys: name, nodes"):
         SlurmConfig.from_cfg(cfg)
+
+
+def test_gpu_job_options_reach_the_batch_script(tmp_path):
+    config = SlurmConfig(
+        nodes=2,
+        gpus_per_node=8,
+        cpus_per_task=12,
+        mem_gb=480,
+        timeout_min=90,
+        partition="gpu",
+        account="vision",
+        qos="high",
+        constraint="a100",
+        additional_parameters={"exclusive": True},
+        setup=["module load cuda"],
+    )
+    script = make_executor(config, tmp_path)._executor._make_submission_file_text("python -m job", "uid")
+    flags = {line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")}
+    expected = {"--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=12", "--mem=480GB"}
+    expected |= {"--time=90", "--partition=gpu", "--account=vision", "--qos=high", "--constraint=a100"}
+    expected |= {"--exclusive", "--requeue", "--signal=USR2@120", "--job-name=sam3"}
+    assert expected <= flags, expected - flags
+    assert f"--output={tmp_path}/%j_0_log.out" in flags
+    assert "module load cuda" in script
 
 
 def test_checkpoint_counts_requeues_and_the_cap_stops_the_job(tmp_path):
@@ -76,10 +106,11 @@ def test_checkpoint_counts_requeues_and_the_cap_stops_the_job(tmp_path):
     job._trainer = object()  # a live trainer is never pickled into the next submission
     delayed = job.checkpoint()
     assert isinstance(delayed, DelayedSubmission)
-    assert (delayed.function.config, delayed.function.requeues, delayed.function.max_requeues) == (job.config, 2, 2)
-    assert delayed.function.__getstate__() == {"config": job.config, "max_requeues": 2, "requeues": 2}
+    following = delayed.function
+    assert (following.config, following.requeues, following.max_requeues) == (job.config, 2, 2)
+    assert following.__getstate__() == {"config": job.config, "max_requeues": 2, "requeues": 2}
     with pytest.raises(UncompletedJobError, match=r"after 2 requeues \(launcher.max_requeues=2\)"):
-        delayed.function._requeue_and_exit(step=5)
+        following._requeue_and_exit(step=5)
 
 
 # ---------------------------------------------------------------------------------- on SLURM
@@ -143,7 +174,8 @@ def test_sbatch_script_trains_with_torchrun_on_two_nodes(slurm_cluster, launch_s
         pytest.skip(f"the running SLURM cluster has one node ({slurm_cluster.nodes}); this test needs two")
     run_dir = tmp_path / "sbatch"
     overrides = ["--config-name", "demo_shapes_video", f"run_dir={run_dir}", f"paths.dataset_root={launch_shapes}"]
-    command = ["sbatch", "--wait", "--nodes=2", f"--output={tmp_path}/%j.out", "slurm/train.sbatch", *overrides, *TINY, "trainer.max_steps=3"]
+    command = ["sbatch", "--wait", "--nodes=2", f"--output={tmp_path}/%j.out", "slurm/train.sbatch", *overrides]
+    command += [*TINY, "trainer.max_steps=3"]
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{logs}"
