@@ -248,7 +248,7 @@ def launch(cfg: DictConfig) -> list[submitit.Job]:
         _pending.append((prepared, config))
         return []
     jobs = submit([prepared], config, run_dir.resolve() / LOG_FOLDER)
-    _report(jobs, config)
+    _report(jobs, [prepared], config)
     return jobs
 
 
@@ -267,14 +267,15 @@ class SubmitSweep(Callback):
         _pending.clear()
         folder = Path(config.hydra.sweep.dir).resolve() / LOG_FOLDER
         jobs = submit(configs, slurm_config, folder)
-        _report(jobs, slurm_config)
+        _report(jobs, configs, slurm_config)
 
 
-def _report(jobs: list[submitit.Job], config: SlurmConfig) -> None:
-    """Prints each job's id, run directory and log, then waits for them if `config.wait`."""
+def _report(jobs: list[submitit.Job], configs: list[dict[str, Any]], config: SlurmConfig) -> None:
+    """Prints each job's id, run directory and logs, then waits for them if `config.wait`."""
     tasks = config.nodes * config.ntasks_per_node
-    for job in jobs:
+    for job, job_config in zip(jobs, configs, strict=True):
         print(f"submitted SLURM job {job.job_id} ({config.nodes} node(s) x {config.ntasks_per_node} task(s))")
+        print(f"  run dir: {job_config['run_dir']}")
         print(f"  logs: {job.paths.stdout} (rank 0), {job.paths.folder}")
     if not config.wait:
         return
