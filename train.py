@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 8 train.py --config-name roboflow_video_ft \\
         paths.checkpoint=/path/to/sam3.pt paths.dataset_root=/path/to/videos
     python train.py --config-name roboflow_video_ft ... trainer.mode=eval
+    python train.py --config-name roboflow_video_ft ... launcher=slurm launcher.nodes=2   # submits (slurm/README.md)
 
 Global torch flags are set here, once, never at import time.
 """
@@ -12,7 +13,9 @@ import logging
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from sam3.train.entry import run
 
@@ -24,6 +27,9 @@ def main(cfg: DictConfig) -> None:
 
         launch(cfg)
         return
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # one run directory per sweep point
+        with open_dict(cfg):
+            cfg.run_dir = HydraConfig.get().runtime.output_dir
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     summary = run(cfg)

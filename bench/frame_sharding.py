@@ -19,10 +19,10 @@ import statistics
 import time
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from sam3.data.collate import collate_clips
+from sam3.distributed.env import get_rank, get_world_size
 from sam3.distributed.frame_shard import FrameSharder, frames_of_rank
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
@@ -31,12 +31,12 @@ from sam3.train.step import forward_backward
 
 def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
     """Step time, peak memory and inference throughput on this rank (all ranks call it)."""
-    device = torch.device(device_type, dist.get_rank() if device_type == "cuda" else 0)
+    device = torch.device(device_type, get_rank() if device_type == "cuda" else 0)
     sharder = FrameSharder(None)
     clip = make_clip(config, config.seed + 1)
     batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, sharder.group_size, sharder.group_rank))])
     model = build_model(config, frame_sharder=sharder).to(device)
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if dist.get_world_size() > 1 else model
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if get_world_size() > 1 else model
     criterion = build_criterion()
     step_times = []
     for step in range(repeats + 1):  # the first step warms up

@@ -165,7 +165,9 @@ class Trainer:
     def _run_eval(self) -> dict[str, Any]:
         resume = latest_checkpoint(self.run_dir)
         if resume is not None:
-            self.model.load_state_dict(load_checkpoint(resume)["model"])
+            state = load_checkpoint(resume)
+            self.model.load_state_dict(state["model"])
+            self.step = int(state["step"])
             self.weights_loaded = True
             logger.info("evaluating the weights of %s", resume)
         if not self.weights_loaded and not self.config.allow_random_init:
