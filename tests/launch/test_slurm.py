@@ -19,7 +19,7 @@ from submitit.core.utils import DelayedSubmission, UncompletedJobError
 
 from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, submit
 from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
-from tests.train.conftest import tiny_run_config
+from tests.train.conftest import TINY_OVERRIDES, tiny_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # long enough (about 0.5 s a step) to interrupt a run in its middle
@@ -30,17 +30,7 @@ CPU_JOB = [
     "launcher.cpus_per_task=1",
     "launcher.timeout_min=10",
 ]
-TINY = [
-    "data.image_size=56",
-    "data.clip_len=2",
-    "data.clips_per_batch=1",
-    "data.train.prompts.max_prompts=2",
-    "loss.masks.num_points=64",
-    "trainer.log_every=1",
-    "trainer.eval_at_start=false",
-    "optim.schedule.warmup_steps=1",
-    "data.val=null",
-]
+TINY = [*TINY_OVERRIDES, "data.val=null"]
 
 
 def _submit(run_dir: Path, dataset_root: Path, *overrides: str):

@@ -11,6 +11,17 @@ from sam3.data.synthetic import generate_dataset
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The demo config shrunk for tests: 56 px, 2-frame clips, few prompts and mask points.
+TINY_OVERRIDES = [
+    "data.image_size=56",
+    "data.clip_len=2",
+    "data.clips_per_batch=1",
+    "data.train.prompts.max_prompts=2",
+    "loss.masks.num_points=64",
+    "trainer.log_every=1",
+    "trainer.eval_at_start=false",
+    "optim.schedule.warmup_steps=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -21,19 +32,8 @@ def shapes_root(tmp_path_factory) -> Path:
 
 
 def tiny_run_config(run_dir: Path, dataset_root: Path, *overrides: str):
-    """The demo config shrunk for tests: 56 px, 2-frame clips, few prompts and mask points."""
-    base = [
-        f"run_dir={run_dir}",
-        f"paths.dataset_root={dataset_root}",
-        "data.image_size=56",
-        "data.clip_len=2",
-        "data.clips_per_batch=1",
-        "data.train.prompts.max_prompts=2",
-        "loss.masks.num_points=64",
-        "trainer.log_every=1",
-        "trainer.eval_at_start=false",
-        "optim.schedule.warmup_steps=1",
-    ]
+    """The demo config with `TINY_OVERRIDES`, a run directory and a dataset."""
+    base = [f"run_dir={run_dir}", f"paths.dataset_root={dataset_root}", *TINY_OVERRIDES]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("demo_shapes_video", overrides=[*base, *overrides])
 
