@@ -25,6 +25,7 @@ from sam3.data.collate import collate_clips
 from sam3.distributed.env import get_rank, get_world_size
 from sam3.distributed.frame_shard import FrameSharder, frames_of_rank
 from sam3.distributed.local_spawn import run_on_local_ranks
+from sam3.loss.normalization import LossNormalization
 from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
 from sam3.train.step import forward_backward
 
@@ -70,14 +71,14 @@ def per_frame_loop(config: CheckConfig, repeats: int, device_type: str) -> float
     model = build_model(config, frame_sharder=None).to(device)
     criterion = build_criterion()
     frames = [collate_clips([local_frames(clip, [t])]) for t in range(config.num_frames)]
-    total = sum(f.targets.total_boxes for f in frames)
+    normalization = LossNormalization.local([f.targets for f in frames])
     times = []
     for step in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
         for frame in frames:
             frame = frame.to(device)
-            loss, _ = criterion(model(frame), frame.targets, num_boxes=total, loss_scale=1.0, step=step)
+            loss, _ = criterion(model(frame), frame.targets, normalization, step=step)
             loss.backward()
         _sync(device)
         if step:

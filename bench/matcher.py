@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sam3.loss import HungarianMatcher, OneToManyMatcher, build_criterion
+from sam3.loss.normalization import LossNormalization
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import DetectorOutput, PairIndex, PairTargets
 
@@ -197,7 +198,7 @@ def main() -> None:
 
     def loss(grad: bool):
         def run() -> None:
-            total, _ = criterion(stack_output(layers, grad), targets, num_boxes=num_boxes)
+            total, _ = criterion(stack_output(layers, grad), targets, LossNormalization.local(targets))
             if grad:
                 total.backward()
         return run

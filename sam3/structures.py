@@ -146,6 +146,9 @@ class PairTargets(_Movable):
             negative prompt, whose pairs have no instances).
         masks_padded: (Npairs, Nmax, H, W) bool at the model's input resolution, or None when the
             dataset carries no masks; all-False for placeholders and padding.
+        clip_keys: (B,) int64 in [0, 2^31), indexed by `pairs.clip_idx`; a key of each clip's
+            identity (its dataset key), the same on every rank, that seeds per-pair randomness such as
+            mask point sampling. None: the clip's index in the batch stands in.
     """
 
     pairs: PairIndex
@@ -157,9 +160,16 @@ class PairTargets(_Movable):
     is_exhaustive: torch.Tensor
     is_positive: torch.Tensor
     masks_padded: torch.Tensor | None = None
+    clip_keys: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.num_boxes.numel())
+
+    def pair_clip_keys(self) -> torch.Tensor:
+        """(Npairs,) int64: the clip key of every pair (see `clip_keys`)."""
+        if self.clip_keys is None:
+            return self.pairs.clip_idx
+        return self.clip_keys[self.pairs.clip_idx]
 
     @property
     def total_boxes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,7 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         is_exhaustive=cat(is_exhaustive, torch.zeros(0, dtype=torch.bool)),
         is_positive=cat(is_positive, torch.zeros(0, dtype=torch.bool)),
         masks_padded=_gather_masks(clip_masks, num_pairs, max_inst, size) if has_masks else None,
+        clip_keys=torch.tensor([clip_key(s.clip_id) for s in samples], dtype=torch.int64),
     )
     meta = FrameMeta(
         video_ids=[s.video_id for s in samples for _ in range(len(s.frame_indices))],
@@ -136,6 +138,11 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         targets=targets,
         clip_ids=[s.clip_id for s in samples],
     )
+
+
+def clip_key(clip_id: Any) -> int:
+    """A key in [0, 2^31) of a clip's dataset key, the same in every process (unlike `hash`)."""
+    return zlib.crc32(repr(clip_id).encode()) & 0x7FFFFFFF
 
 
 def _gather_masks(

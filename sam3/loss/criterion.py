@@ -6,13 +6,15 @@ L1 + GIoU boxes and point-sampled focal + dice masks, on the final decoder layer
 official training logs (`loss_ce`, `presence_loss`, `loss_bbox`, `loss_giou`, `loss_mask`,
 `loss_dice`).
 
-Normalisation (DESIGN.md "Loss normalisation"): every term is a sum over this batch's pairs, divided
-by N, the number of visible target boxes over the whole optimizer step on every rank, and multiplied by
-the loss scale W. Both come in as arguments; the criterion never communicates, and nothing in a pair's
-loss depends on the other pairs of the batch, so a sharded batch sums to the single-process loss.
-Deviation from the official code: the classification and presence terms are normalised by N like the
-others (the official code divides them by the number of pairs); a pair's classification loss is the
-mean over its queries.
+Normalisation (DESIGN.md "Loss normalisation", `sam3.loss.normalization`): as SAM3's released
+fine-tuning objective, but over the whole optimizer step on every rank: box and mask terms are sums
+over matched queries divided by N (visible target boxes); the classification term is the sum over
+(pair, query) entries divided by their number G * Q (`weak_loss`: the entries it keeps); the presence
+term is the sum over pairs divided by G. Each rank's share is multiplied by the loss scale W. The counts
+come in as an argument; the criterion never communicates, and nothing in a pair's loss depends on the
+other pairs of the batch, so a sharded batch sums to the single-process loss. SAM3's optional scale of
+the whole loss by the square root of the batch's pairs is offered as sqrt(G) of the step
+(`scale_by_sqrt_pairs`), which keeps that equality.
 
 Heads with the same number of queries are stacked and each term runs once over the stack, and all
 one-to-one matchings share one host transfer of their costs. Host syncs: the matchers read the
@@ -22,9 +24,11 @@ visibility mask and the one-to-one costs on the host, and the one-to-many matche
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam3.loss.functional import (
@@ -37,6 +41,7 @@ from sam3.loss.functional import (
     uncertain_point_coords,
 )
 from sam3.loss.matcher import HungarianMatcher, Matches, OneToManyMatcher
+from sam3.loss.normalization import LossNormalization
 from sam3.ops.boxes import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
 from sam3.structures import DetectorOutput, PairTargets
 
@@ -63,6 +68,10 @@ class ClassificationLoss:
 
     Attributes:
         pos_weight: weight of matched queries.
+        weak_loss: SAM3's `weak_loss`: the unmatched queries of pairs whose prompt is not
+            exhaustively annotated get no negative supervision, and those entries leave the
+            classification denominator too. Off, every (pair, query) entry counts (SAM3's released
+            roboflow fine-tune, whose data is exhaustive).
         alpha: soft target of a matched query = clamp(p^alpha * IoU^(1 - alpha), min_target).
         gamma: unmatched queries are weighted by p^gamma.
         min_target: lower clamp of the soft target.
@@ -71,6 +80,7 @@ class ClassificationLoss:
     """
 
     pos_weight: float = 10.0
+    weak_loss: bool = True
     alpha: float = 0.25
     gamma: float = 2.0
     min_target: float = 0.01
@@ -85,7 +95,9 @@ class MaskLoss:
     Attributes:
         focal_alpha: alpha of the sigmoid focal loss.
         focal_gamma: gamma of the sigmoid focal loss.
-        num_points: points sampled per matched mask.
+        num_points: points sampled per matched mask (PointRend), or None for SAM3's dense loss: the
+            predicted logits upsampled bilinearly to the target masks' resolution, every pixel counted
+            (memory grows with matched masks x target pixels).
         oversample_ratio: candidate points per sampled point for importance sampling.
         importance_sample_ratio: share of points taken where the prediction is most uncertain.
         on_aux: also apply the mask loss to auxiliary layers that predict masks.
@@ -93,7 +105,7 @@ class MaskLoss:
 
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    num_points: int = 112 * 112
+    num_points: int | None = 112 * 112
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     on_aux: bool = False
@@ -143,6 +155,9 @@ class SetCriterion(nn.Module):
         o2m_weight: weight of every o2m head's terms.
         o2m_matcher_on_aux: match the o2m outputs of auxiliary layers with `o2m_matcher` too (the
             official default matches them one-to-one).
+        scale_by_sqrt_pairs: multiply the whole loss by sqrt(G), G the step's pairs over every rank
+            (SAM3's `scale_by_find_batch_size` uses the rank's own batch; with whole-step counts the
+            objective stays independent of how frames are sharded).
     """
 
     def __init__(
@@ -155,6 +170,7 @@ class SetCriterion(nn.Module):
         masks: MaskLoss = MaskLoss(),
         o2m_weight: float = 2.0,
         o2m_matcher_on_aux: bool = False,
+        scale_by_sqrt_pairs: bool = False,
     ) -> None:
         super().__init__()
         self.matcher = matcher
@@ -164,13 +180,13 @@ class SetCriterion(nn.Module):
         self.masks = masks
         self.o2m_weight = o2m_weight
         self.o2m_matcher_on_aux = o2m_matcher_on_aux
+        self.scale_by_sqrt_pairs = scale_by_sqrt_pairs
 
     def forward(
         self,
         outputs: DetectorOutput,
         targets: PairTargets,
-        num_boxes: float | torch.Tensor,
-        loss_scale: float | torch.Tensor = 1.0,
+        normalization: LossNormalization,
         step: int = 0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Computes the step loss of this batch's pairs.
@@ -179,29 +195,24 @@ class SetCriterion(nn.Module):
             outputs: predictions over Npairs pairs: the final layer, `aux_outputs`, and `o2m` with its
                 own `aux_outputs`.
             targets: targets over the same pairs, on the same device.
-            num_boxes: N, visible target boxes over the whole step on every rank (clamped to >= 1).
-            loss_scale: W, the factor that makes DDP's gradient average the global objective.
+            normalization: the step's counts over every rank and micro-batch, and the scale W
+                (`LossNormalization.local(targets)` when this batch is the whole step).
             step: optimizer step, part of the mask point sampling key.
 
         Returns:
             The total loss (scalar, differentiable) and every component `term + suffix`, detached,
-            already normalised (scale / N) but before term and branch weights.
+            already normalised (W / count) but before term and branch weights and the sqrt(G) scale.
         """
         if outputs.num_pairs != len(targets):
             raise ValueError(f"SetCriterion: outputs hold {outputs.num_pairs} pairs but targets {len(targets)}")
         device = outputs.pred_logits.device
-        if isinstance(num_boxes, torch.Tensor):
-            num_boxes = num_boxes.to(device=device, dtype=torch.float32).clamp(min=1)
-        else:
-            num_boxes = max(float(num_boxes), 1.0)
-        norm = loss_scale / num_boxes  # python float or 0-dim tensor; no host sync either way
         heads = self._heads(outputs)
         self._match(heads, targets)
 
         total = torch.zeros((), device=device)
         components: dict[str, torch.Tensor] = {}
 
-        def add(term: str, group: list[_Head], per_head: torch.Tensor) -> None:
+        def add(term: str, group: list[_Head], per_head: torch.Tensor, norm: float) -> None:
             nonlocal total
             values = per_head * norm  # (K,)
             branch = torch.tensor([h.weight for h in group]).to(device, non_blocking=True)
@@ -209,17 +220,22 @@ class SetCriterion(nn.Module):
             for head, value in zip(group, values.detach().unbind()):
                 components[term + head.suffix] = value
 
+        box_norm = normalization.box_norm
         for stack in self._stacks(heads):
-            for term, per_head in {**self.loss_boxes(stack, targets), **self.loss_labels(stack, targets)}.items():
-                add(term, stack.heads, per_head)
+            for term, per_head in self.loss_boxes(stack, targets).items():
+                add(term, stack.heads, per_head, box_norm)
+            entry_norm = normalization.entry_norm(stack.logits.shape[-1], self.classification.weak_loss)
+            add("loss_ce", stack.heads, self.loss_labels(stack, targets), entry_norm)
         with_presence = [h for h in heads if h.use_presence]
         if with_presence:
             presence = torch.stack([h.output.presence_logit_dec.reshape(-1) for h in with_presence])  # (K, Npairs)
-            add("presence_loss", with_presence, self.loss_presence(presence, targets))
+            add("presence_loss", with_presence, self.loss_presence(presence, targets), normalization.pair_norm)
         for head in heads:
             if head.use_masks:
                 for term, value in self.loss_masks(head, targets, step).items():
-                    add(term, [head], value.reshape(1))
+                    add(term, [head], value.reshape(1), box_norm)
+        if self.scale_by_sqrt_pairs:
+            total = total * math.sqrt(max(normalization.counts.num_pairs, 1))
         return total, components
 
     def loss_boxes(self, stack: _Stack, targets: PairTargets) -> dict[str, torch.Tensor]:
@@ -234,11 +250,12 @@ class SetCriterion(nn.Module):
             "loss_giou": _sum_per_head(1 - giou, stack.head_idx, num_heads),
         }
 
-    def loss_labels(self, stack: _Stack, targets: PairTargets) -> dict[str, torch.Tensor]:
-        """IoU-aware BCE, the mean over queries summed over pairs: (K,).
+    def loss_labels(self, stack: _Stack, targets: PairTargets) -> torch.Tensor:
+        """IoU-aware BCE summed over (pair, query) entries: (K,).
 
-        Pairs without a visible target get none (the presence term covers them); unmatched queries
-        of non-exhaustive prompts get no negative supervision.
+        Entries of pairs without a visible target are zero (the presence term covers them) but stay
+        in the denominator, as in SAM3; with `weak_loss`, unmatched queries of non-exhaustive prompts
+        are dropped.
         """
         cfg = self.classification
         matched = (stack.head_idx, stack.pair_idx, stack.query_idx)
@@ -251,12 +268,11 @@ class SetCriterion(nn.Module):
             is_matched[matched] = True
             soft_targets = torch.zeros(stack.logits.shape, dtype=soft.dtype, device=soft.device)
             soft_targets[matched] = soft
-            has_visible = (targets.num_boxes > 0).view(1, -1, 1)
-            negatives_ok = targets.is_exhaustive.view(1, -1, 1)
-            keep = has_visible & (is_matched | negatives_ok)  # (K, Npairs, Q)
+            keep = (targets.num_boxes > 0).view(1, -1, 1).expand_as(is_matched)  # (K, Npairs, Q)
+            if cfg.weak_loss:
+                keep = keep & (is_matched | targets.is_exhaustive.view(1, -1, 1))
         loss = iou_aware_bce(stack.logits.float(), is_matched, soft_targets, cfg.pos_weight, cfg.gamma)
-        num_queries = stack.logits.shape[-1]
-        return {"loss_ce": (loss * keep).sum((1, 2)) / max(num_queries, 1)}
+        return (loss * keep).sum((1, 2))
 
     def loss_presence(self, presence_logits: torch.Tensor, targets: PairTargets) -> torch.Tensor:
         """Focal loss of the presence logit against "the prompt has a visible instance in the frame".
@@ -273,11 +289,12 @@ class SetCriterion(nn.Module):
         return loss.sum(-1)
 
     def loss_masks(self, head: _Head, targets: PairTargets, step: int) -> dict[str, torch.Tensor]:
-        """Point-sampled sigmoid focal (mean over points) and dice, summed over matched masks.
+        """Sigmoid focal (mean over points or pixels) and dice, summed over matched masks.
 
-        Points are importance-sampled on the predicted logits (PointRend) from keys hashed from
-        (step, global frame index, prompt index, object id, head), and read in normalised coordinates
-        from both the predicted and the (possibly larger) target masks.
+        With `num_points`, points are importance-sampled on the predicted logits (PointRend) from keys
+        hashed from (step, clip key, global frame index, prompt index, object id, head), and read in
+        normalised coordinates from both the predicted and the (possibly larger) target masks. With
+        `num_points=None`, the logits are upsampled to the target resolution and every pixel counts.
         """
         assert head.matches is not None and head.output.pred_masks is not None, "masks need matches and pred_masks"
         pred_masks = head.output.pred_masks
@@ -287,27 +304,32 @@ class SetCriterion(nn.Module):
             return {"loss_mask": zero, "loss_dice": zero}
         cfg = self.masks
         src = pred_masks[matches.pair_idx, matches.query_idx].float()  # (M, h, w)
-        pairs = targets.pairs
-        keys = sample_keys(
-            step,
-            pairs.frame_idx[matches.pair_idx],
-            pairs.prompt_idx[matches.pair_idx],
-            targets.object_ids_padded[matches.pair_idx, matches.target_idx],
-            head.head_id,
-        )
-        coords = uncertain_point_coords(
-            src, keys, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio
-        )  # (M, P, 2)
         num_slots, height, width = targets.masks_padded.shape[1:]
-        with torch.no_grad():
-            target_points = point_sample_binary(
-                targets.masks_padded.reshape(-1, height, width),
-                matches.pair_idx * num_slots + matches.target_idx,
-                coords,
-            )  # (M, P)
-        src_points = point_sample_logits(src, coords)  # (M, P)
-        focal = sigmoid_focal_loss(src_points, target_points, cfg.focal_alpha, cfg.focal_gamma).mean(-1)
-        return {"loss_mask": focal.sum(), "loss_dice": dice_loss(src_points, target_points).sum()}
+        target_idx = matches.pair_idx * num_slots + matches.target_idx  # (M,) into the flattened slots
+        if cfg.num_points is None:
+            src_values = F.interpolate(src.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
+            src_values = src_values.flatten(1)  # (M, H W)
+            target_values = targets.masks_padded.reshape(-1, height * width)[target_idx].float()  # (M, H W)
+        else:
+            pairs = targets.pairs
+            keys = sample_keys(
+                step,
+                targets.pair_clip_keys()[matches.pair_idx],
+                pairs.frame_idx[matches.pair_idx],
+                pairs.prompt_idx[matches.pair_idx],
+                targets.object_ids_padded[matches.pair_idx, matches.target_idx],
+                head.head_id,
+            )
+            coords = uncertain_point_coords(
+                src, keys, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio
+            )  # (M, P, 2)
+            with torch.no_grad():
+                target_values = point_sample_binary(
+                    targets.masks_padded.reshape(-1, height, width), target_idx, coords
+                )  # (M, P)
+            src_values = point_sample_logits(src, coords)  # (M, P)
+        focal = sigmoid_focal_loss(src_values, target_values, cfg.focal_alpha, cfg.focal_gamma).mean(-1)
+        return {"loss_mask": focal.sum(), "loss_dice": dice_loss(src_values, target_values).sum()}
 
     def _heads(self, outputs: DetectorOutput) -> list[_Head]:
         """The final layer and the auxiliary layers, then the o2m branch's final and auxiliary layers.
@@ -397,6 +419,7 @@ def build_criterion(
     weights: LossWeights = LossWeights(),
     classification: ClassificationLoss = ClassificationLoss(),
     masks: MaskLoss = MaskLoss(),
+    scale_by_sqrt_pairs: bool = False,
 ) -> SetCriterion:
     """The SAM3 training criterion with the official defaults; every knob can be overridden."""
     return SetCriterion(
@@ -408,4 +431,5 @@ def build_criterion(
         classification=classification,
         masks=masks,
         o2m_weight=o2m_weight,
+        scale_by_sqrt_pairs=scale_by_sqrt_pairs,
     )

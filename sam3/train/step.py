@@ -1,8 +1,9 @@
 """One optimizer step's forward and backward on this rank's frames, normalised over the whole world.
 
 This is the frame-sharding issue's minimal training step, reused by the trainer and the equivalence
-tool: count the step's visible boxes over every rank and micro-batch (one all-reduce), then for every
-micro-batch run the model on the local frames, the criterion with N and the scale W, and backward. DDP
+tool: count the step's boxes and pairs over every rank and micro-batch (one all-reduce), then for every
+micro-batch run the model on the local frames, the criterion with those counts and the scale W, and
+backward. DDP
 all-reduces (averages) the gradients during the last backward; earlier micro-batches skip that sync.
 A rank whose batch holds no (frame, prompt) pair (a clip shorter than the frame group) still runs the
 model (the video model substitutes a placeholder frame) and backpropagates a zero-weight loss, so every
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sam3.distributed.reduce import LossNormalization, loss_normalization
+from sam3.distributed.reduce import loss_normalization
+from sam3.loss.normalization import LossNormalization
 from sam3.structures import ClipBatch, DetectorOutput
 
 
@@ -29,9 +31,9 @@ class StepLosses:
     """What one step's forward/backward produced on this rank.
 
     Attributes:
-        loss: this rank's share of the step objective, (W/N) * its pairs' losses, detached.
+        loss: this rank's share of the step objective (W times its pairs' normalised losses), detached.
         components: every loss component summed over the micro-batches, detached.
-        normalization: the global N and scale W used.
+        normalization: the step's global counts and the scale W used.
         num_pairs: (frame, prompt) pairs this rank computed.
     """
 
@@ -53,7 +55,7 @@ def forward_backward(
 
     Args:
         model: the video model, optionally wrapped in DistributedDataParallel.
-        criterion: `criterion(outputs, targets, num_boxes, loss_scale, step) -> (loss, components)`.
+        criterion: `criterion(outputs, targets, normalization, step) -> (loss, components)`.
         micro_batches: this rank's batches of the step (gradient accumulation when more than one).
         step: optimizer step index (seeds per-pair randomness in the criterion).
         device: where the model lives.
@@ -74,13 +76,7 @@ def forward_backward(
             loss = zero_weight_loss(outputs)
             parts: dict[str, torch.Tensor] = {}
             if batch.num_pairs > 0:
-                pair_loss, parts = criterion(
-                    _float32(outputs),
-                    batch.targets,
-                    num_boxes=normalization.num_boxes,
-                    loss_scale=normalization.scale,
-                    step=step,
-                )
+                pair_loss, parts = criterion(_float32(outputs), batch.targets, normalization, step=step)
                 loss = loss + pair_loss
             loss.backward()
         total += loss.detach()

@@ -93,7 +93,7 @@ class Trainer:
 
     Args:
         model: the video model (not yet wrapped in DDP), on `device`.
-        criterion: `criterion(outputs, targets, num_boxes, loss_scale, step) -> (loss, components)`.
+        criterion: `criterion(outputs, targets, normalization, step) -> (loss, components)`.
         train_loader: yields this rank's `ClipBatch`es; its sampler must offer `set_epoch`, `resume`
             (epoch, position) and `epoch`.
         evaluate: `evaluate(model, step) -> metrics`, the evaluation issue's `evaluate` bound to the
@@ -356,7 +356,8 @@ class Trainer:
         scalars["time/step_s"] = step_time
         scalars["time/data_s"] = data_time
         scalars["train/frames_per_s"] = num_frames / max(step_time + data_time, 1e-9)
-        scalars["train/num_boxes"] = losses.normalization.num_boxes
+        scalars["train/num_boxes"] = losses.normalization.counts.num_boxes
+        scalars["train/num_pairs"] = losses.normalization.counts.num_pairs
         scalars["memory/peak_mb"] = _peak_memory_mb(self.device)
         for group in self.optimizer.param_groups:
             scalars[f"lr/{group['name']}"] = group["lr"]

@@ -107,6 +107,7 @@ def select_pairs(value, index: torch.Tensor):
         is_exhaustive=value.is_exhaustive[index],
         is_positive=value.is_positive[index],
         masks_padded=None if value.masks_padded is None else value.masks_padded[index],
+        clip_keys=value.clip_keys,
     )
 
 
