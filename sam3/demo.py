@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if not (data / "train" / "annotations.json").exists():
         logger.info("generating the shapes dataset into %s", data)
-        generate_dataset(data, num_videos=64, num_frames=8, image_size=128, seed=0)
+        generate_demo_data(data)
     run_dir = Path(args.run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logger.info("%s: %.4f untrained -> %.4f trained", METRICS[key], first.get(key, 0.0), last.get(key, 0.0))
     return 0
+
+
+def generate_demo_data(root: Path) -> None:
+    """The demo's shapes videos (train and held-out validation) under `root`."""
+    generate_dataset(root, num_videos=64, num_frames=8, image_size=128, seed=0)
 
 
 def _validation_rows(stats_path: Path) -> list[tuple[int, dict[str, float]]]:
