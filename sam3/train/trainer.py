@@ -4,7 +4,9 @@ The trainer wraps the video model in DDP over the whole world; the frame-group s
 data (each rank holds its own frames) and in the loss normalisation of `sam3.train.step`, which it
 reuses. Gradient accumulation counts N over all micro-batches of a step, so k micro-batches of b clips
 equal one step on k*b clips. Checkpoints hold every piece of state, so a run killed at any point
-resumes from its last checkpoint to the same weights as an uninterrupted run.
+resumes from its last checkpoint to the same weights as an uninterrupted run. The LR of step s is each
+group's `initial_lr` (from `sam3.train.optim.param_groups`) times `lr_factor(s, schedule)`, a pure function
+of s, so there is no scheduler state to save.
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ class Trainer:
         evaluate: `evaluate(model, step) -> metrics`, the evaluation issue's `evaluate` bound to the
             validation data (every rank calls it; rank 0 gets the metrics), or None.
         config: trainer settings.
-        optim: optimizer settings.
-        schedule: LR schedule.
+        optim: AdamW settings and the parameter-group rules (base LR per group, layer decay, which
+            parameters get no weight decay); applied to the parameters left trainable by the freeze flags.
+        schedule: LR multiplier as a pure function of the step, so a resumed run gets the same LRs.
         run_dir: where checkpoints, logs and TensorBoard files go.
         device: the model's device.
         weights_loaded: whether starting weights came from a checkpoint (eval mode requires it).
@@ -206,7 +209,7 @@ class Trainer:
             data_start = time.perf_counter()
             micro_batches = [next(batches) for _ in range(self.config.grad_accum_steps)]
             data_time = time.perf_counter() - data_start
-            apply_lr(self.optimizer, self.step, lambda s: lr_factor(s, self.schedule))
+            apply_lr(self.optimizer, lr_factor(self.step, self.schedule))
             step_start = time.perf_counter()
             losses = forward_backward(
                 ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype

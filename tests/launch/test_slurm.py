@@ -181,7 +181,7 @@ def test_sweep_is_submitted_as_one_job_array_with_a_run_dir_each(slurm_cluster, 
     command = [
         sys.executable, "train.py", "-m", "--config-name", "demo_shapes_video", f"run_dir={run_dir}",
         f"paths.dataset_root={launch_shapes}", *TINY, *CPU_JOB, "launcher.tasks_per_node=1", "launcher.wait=true",
-        "trainer.max_steps=2", "optim.optimizer.lr_rest=1e-3,2e-3",
+        "trainer.max_steps=2", "optim.optimizer.lr=1e-3,2e-3",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
@@ -191,4 +191,4 @@ def test_sweep_is_submitted_as_one_job_array_with_a_run_dir_each(slurm_cluster, 
     for index, lr in ((0, 1e-3), (1, 2e-3)):
         element = run_dir / str(index)
         assert checkpoint_path(element, 2).exists()
-        assert f"lr_rest: {lr}" in (element / "config_resolved.yaml").read_text()
+        assert f"  lr: {lr}\n" in (element / "config_resolved.yaml").read_text()
