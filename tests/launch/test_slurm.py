@@ -67,7 +67,8 @@ def test_unknown_launcher_key_is_rejected(tmp_path):
         SlurmConfig.from_cfg(cfg)
 
 
-def test_gpu_job_options_reach_the_batch_script(tmp_path):
+def test_gpu_job_options_reach_the_batch_script(slurm_cluster, tmp_path):
+    # submitit refuses to write a batch script where `srun` is missing: the local cluster provides it.
     config = SlurmConfig(
         nodes=2,
         gpus_per_node=8,
