@@ -168,9 +168,10 @@ def run(problem: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for key, value in losses.items():
             results[f"{round_name}/{key}"] = torch.as_tensor(value, dtype=torch.float64).reshape(())
 
-    num_boxes = targets["num_boxes"]
+    # The assignments, as the wrapper computes them (the same calls on the same inputs).
+    wrapper, layers, num_boxes = build_wrapper(weak_loss=False), meta_outputs(problem), targets["num_boxes"]
     for d, layer in enumerate(layers):
-        results[f"o2o/{d}"] = as_rows(layer["indices"], num_boxes)
+        results[f"o2o/{d}"] = as_rows(wrapper.matcher(layer, targets), num_boxes)
     for d, layer in enumerate(layers[:-1]):
         results[f"o2m_aux/{d}"] = as_rows(wrapper.matcher(o2m_view(layer), targets), num_boxes)
     results["o2m"] = as_rows(wrapper.o2m_matcher(o2m_view(layers[-1]), targets), num_boxes)
