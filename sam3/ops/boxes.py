@@ -72,7 +72,11 @@ def denormalize_boxes(boxes: torch.Tensor, height: int | float, width: int | flo
 
 
 def elementwise_box_iou(boxes1_xyxy: torch.Tensor, boxes2_xyxy: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """IoU of matched boxes: (..., 4) xyxy and (..., 4) xyxy -> (...). Zero-area pairs give 0."""
+    """IoU of matched boxes: (..., 4) xyxy and (..., 4) xyxy -> (...).
+
+    The union is clamped below at `eps`, not offset by it: pairs of zero area give 0, and every other
+    pair gets its exact IoU (an offset would shrink the IoU of small boxes by eps / union).
+    """
     iou, _ = _elementwise_iou_and_union(boxes1_xyxy, boxes2_xyxy, eps)
     return iou
 
@@ -80,13 +84,16 @@ def elementwise_box_iou(boxes1_xyxy: torch.Tensor, boxes2_xyxy: torch.Tensor, ep
 def elementwise_generalized_box_iou(
     boxes1_xyxy: torch.Tensor, boxes2_xyxy: torch.Tensor, eps: float = 1e-7
 ) -> torch.Tensor:
-    """Generalised IoU of matched boxes: (..., 4) xyxy and (..., 4) xyxy -> (...) in [-1, 1]."""
+    """Generalised IoU of matched boxes: (..., 4) xyxy and (..., 4) xyxy -> (...) in [-1, 1].
+
+    Union and hull are clamped below at `eps` (see `elementwise_box_iou`).
+    """
     iou, union = _elementwise_iou_and_union(boxes1_xyxy, boxes2_xyxy, eps)
     top_left = torch.minimum(boxes1_xyxy[..., :2], boxes2_xyxy[..., :2])
     bottom_right = torch.maximum(boxes1_xyxy[..., 2:], boxes2_xyxy[..., 2:])
     hull_wh = (bottom_right - top_left).clamp(min=0)
     hull = hull_wh[..., 0] * hull_wh[..., 1]
-    return iou - (hull - union) / (hull + eps)
+    return iou - (hull - union) / hull.clamp(min=eps)
 
 
 def _elementwise_iou_and_union(
@@ -99,4 +106,4 @@ def _elementwise_iou_and_union(
     inter_wh = (bottom_right - top_left).clamp(min=0)
     inter = inter_wh[..., 0] * inter_wh[..., 1]
     union = area1 + area2 - inter
-    return inter / (union + eps), union
+    return inter / union.clamp(min=eps), union

@@ -61,3 +61,25 @@ def test_elementwise_equals_diagonal_of_torchvision_pairwise():
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_elementwise_overlaps_are_exact_for_small_boxes_and_zero_for_empty_pairs():
+    # Sides of 0.5..3 % of the image (5..30 px at 1008): an offset eps in the denominators would
+    # bias these by eps / union ~ 1e-4; the clamp leaves them exact (Meta's loss has no eps).
+    g = torch.Generator().manual_seed(2)
+    centres = 0.3 + 0.4 * torch.rand(200, 2, generator=g, dtype=torch.float64)
+    sides = 0.005 + 0.025 * torch.rand(200, 2, 2, generator=g, dtype=torch.float64)
+    boxes1 = box_ops.box_cxcywh_to_xyxy(torch.cat([centres, sides[:, 0]], -1))
+    boxes2 = box_ops.box_cxcywh_to_xyxy(torch.cat([centres + 0.005, sides[:, 1]], -1))
+    torch.testing.assert_close(
+        box_ops.elementwise_box_iou(boxes1, boxes2), torchvision.ops.box_iou(boxes1, boxes2).diagonal(), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        box_ops.elementwise_generalized_box_iou(boxes1, boxes2),
+        torchvision.ops.generalized_box_iou(boxes1, boxes2).diagonal(),
+        rtol=1e-12,
+        atol=0,
+    )
+    point = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    assert box_ops.elementwise_box_iou(point, point).item() == 0.0
+    assert box_ops.elementwise_generalized_box_iou(point, point).item() == 0.0
