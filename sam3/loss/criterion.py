@@ -415,6 +415,7 @@ def build_criterion(
     o2m_alpha: float = 0.3,
     o2m_threshold: float = 0.4,
     o2m_topk: int = 4,
+    o2m_unique_queries: bool = False,
     o2m_weight: float = 2.0,
     weights: LossWeights = LossWeights(),
     classification: ClassificationLoss = ClassificationLoss(),
@@ -426,7 +427,9 @@ def build_criterion(
         matcher=HungarianMatcher(
             cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, stable=stable_matching
         ),
-        o2m_matcher=OneToManyMatcher(alpha=o2m_alpha, threshold=o2m_threshold, topk=o2m_topk),
+        o2m_matcher=OneToManyMatcher(
+            alpha=o2m_alpha, threshold=o2m_threshold, topk=o2m_topk, unique_queries=o2m_unique_queries
+        ),
         weights=weights,
         classification=classification,
         masks=masks,

@@ -10,9 +10,9 @@ computed in one batched tensor operation on the predictions' device, packed over
 and padding never match and cost nothing.
 
 The one-to-many matcher follows DAC-DETR: per target, the top-k queries by score
-alpha * p + (1 - alpha) * IoU that exceed a threshold. Unlike the official implementation, a query
-selected by several targets is kept only for the target where its score is highest, so no query is
-assigned twice.
+alpha * p + (1 - alpha) * IoU that exceed a threshold. As in SAM3, a query selected by several targets
+of a pair serves each of them; `unique_queries=True` keeps it only for the target where its score is
+highest.
 """
 
 from __future__ import annotations
@@ -228,23 +228,24 @@ class HungarianMatcher:
 class OneToManyMatcher:
     """Assigns each visible target its top-k queries by alpha * p + (1 - alpha) * IoU above a threshold.
 
-    Each query is assigned to at most one target: where several targets select the same query, the
-    target with the highest score keeps it. Scores are computed for the visible targets only (packed
-    as in `HungarianMatcher`) on the predictions' device; only the final selection of the matches
-    waits for the device.
+    Scores are computed for the visible targets only (packed as in `HungarianMatcher`) on the
+    predictions' device; only the final selection of the matches waits for the device.
 
     Args:
         alpha: weight of the class probability against the box IoU in the score.
         threshold: a query is assigned only when its score exceeds this value.
         topk: the number of queries each target may take.
+        unique_queries: where several targets of a pair select the same query, only the target with
+            the highest score (then the first) keeps it. Off, the query serves each of them (SAM3).
     """
 
-    def __init__(self, *, alpha: float = 0.3, threshold: float = 0.4, topk: int = 4) -> None:
+    def __init__(self, *, alpha: float = 0.3, threshold: float = 0.4, topk: int = 4, unique_queries: bool = False) -> None:
         if topk < 1:
             raise ValueError(f"OneToManyMatcher: topk must be >= 1, got {topk}")
         self.alpha = alpha
         self.threshold = threshold
         self.topk = topk
+        self.unique_queries = unique_queries
 
     @torch.no_grad()
     def __call__(self, output: DetectorOutput, targets: PairTargets) -> Matches:
@@ -255,7 +256,8 @@ class OneToManyMatcher:
             targets: the pairs' targets; only visible instances are assigned.
 
         Returns:
-            `Matches` with every query at most once, ordered by target (pair-major) then score.
+            `Matches` ordered by target (pair-major) then score; with `unique_queries`, every query
+            at most once.
         """
         device = output.pred_logits.device
         num_pairs, num_queries = output.pred_logits.shape[:2]
@@ -272,6 +274,9 @@ class OneToManyMatcher:
         score = _iou_cxcywh(pred, target).mul_(1 - self.alpha).add_(prob, alpha=self.alpha)  # (T, Q)
         top_score, top_query = score.topk(min(self.topk, num_queries), dim=1)  # (T, k)
         selected = top_score > self.threshold
+        if not self.unique_queries:
+            target_row, rank = selected.nonzero(as_tuple=True)
+            return Matches(pair[target_row], top_query[target_row, rank], slot[target_row])
         # A query picked by several targets of its pair stays with the best-scoring one (then the first).
         key = (pair.unsqueeze(1) * num_queries + top_query).flatten()  # (T k,) one key per (pair, query)
         candidate = top_score.masked_fill(~selected, -torch.inf).flatten()

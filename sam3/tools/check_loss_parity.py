@@ -32,15 +32,10 @@ o2m layer's one-to-many one. "Equal" means |ours - Meta| / max(|Meta|, 1e-12) be
 
 Known differences, printed with their reason where they occur, never skipped silently:
 
-* One-to-many assignment: Meta's matcher gives every target its top-k queries above the threshold
-  and may thereby assign a query to several targets of its pair; ours keeps such a query for its
-  best-scoring target only. When Meta's final o2m assignment assigns a query twice, the final o2m
-  terms differ by design; they are then also computed with Meta's assignment injected into our
-  criterion (a `OneToManyMatcher` that returns it), which compares the loss functions themselves.
 * `weak_loss` denominator: ours is Q x exhaustive pairs + visible boxes of non-exhaustive pairs, known
   before the forward (one match per box); Meta's counts the entries it actually keeps, i.e. the matches
   of non-exhaustive pairs, which for the final o2m layer are its one-to-many matches. Where these
-  differ, our sum with Meta's assignment is compared over Meta's denominator.
+  differ (the assignments being identical), our sum is compared over Meta's denominator.
 * Meta reports `presence_loss*_o2m` as 0 (its o2m outputs carry no presence logit); our criterion
   supervises presence on the o2o layers only and has no such term. Checked: Meta's value is 0.
 * `ce_f1*` and `presence_dec_acc*` in Meta's dict are metrics outside the loss; not compared.
@@ -74,7 +69,7 @@ from sam3.loss.normalization import LossNormalization
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import DetectorOutput, PairIndex, PairTargets
 
-__all__ = ["ProblemConfig", "Problem", "build_problem", "build_our_criterion", "GivenOneToManyMatcher", "main"]
+__all__ = ["ProblemConfig", "Problem", "build_problem", "build_our_criterion", "main"]
 
 ORACLE_SCRIPT = Path(__file__).with_name("_meta_loss_oracle.py")
 O2M_WEIGHT = 2.0
@@ -82,20 +77,13 @@ TERMS = ("loss_ce", "presence_loss", "loss_bbox", "loss_giou", "loss_mask", "los
 METRICS = ("ce_f1", "presence_dec_acc")  # entries of Meta's dict outside the loss
 
 NOTES = {
-    "A": "Meta's one-to-many matcher assigned {dup} of its {meta_o2m} final-o2m matches to a query already "
-    "assigned to another target of the same pair; ours keeps each query once, for its best-scoring target "
-    "({ours_o2m} matches, the same queries). The final o2m terms differ by design; compared instead: our "
-    "criterion with Meta's o2m assignment injected.",
     "B": "Meta's o2m outputs carry no presence logit (its model has no `presence_logit_dec_o2m`), so these "
     "entries are 0 placeholders; our criterion supervises presence on the o2o layers only. Checked: Meta's "
     "value is 0.",
     "C": "weak_loss denominator: ours is Q x exhaustive pairs + visible boxes of non-exhaustive pairs = "
     "{ours_kept} (known before the forward, one match per box); Meta's counts the entries it keeps: Q x "
     "exhaustive pairs + the {meta_nonex} (pair, query) entries its one-to-many matcher matched in "
-    "non-exhaustive pairs = {meta_kept}. Compared instead: our sum with Meta's o2m assignment over Meta's "
-    "denominator.",
-    "D": "the final o2m assignment differs from Meta's for a reason other than queries assigned twice: "
-    "our one-to-many matcher disagrees with Meta's (see the assignment line).",
+    "non-exhaustive pairs = {meta_kept}. Compared instead: our sum over Meta's denominator.",
 }
 
 
@@ -266,23 +254,11 @@ def oracle_tensors(problem: Problem) -> dict[str, torch.Tensor]:
     }
 
 
-class GivenOneToManyMatcher(OneToManyMatcher):
-    """A one-to-many matcher that returns a given assignment (Meta's), so that the loss functions are
-    compared on equal matches; the assignment may hold a query several times."""
-
-    def __init__(self, matches: Matches) -> None:
-        super().__init__()
-        self.matches = matches
-
-    def __call__(self, output: DetectorOutput, targets: PairTargets) -> Matches:
-        return self.matches
-
-
-def build_our_criterion(weak_loss: bool, o2m_matcher: OneToManyMatcher | None = None) -> SetCriterion:
+def build_our_criterion(weak_loss: bool) -> SetCriterion:
     """`SetCriterion` with the settings of Meta's side (see `_meta_loss_oracle.build_wrapper`)."""
     return SetCriterion(
         matcher=HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0),
-        o2m_matcher=o2m_matcher or OneToManyMatcher(alpha=0.3, threshold=0.4, topk=4),
+        o2m_matcher=OneToManyMatcher(alpha=0.3, threshold=0.4, topk=4),
         weights=LossWeights(
             loss_ce=20.0, presence_loss=20.0, loss_bbox=5.0, loss_giou=2.0, loss_mask=200.0, loss_dice=10.0
         ),
@@ -369,16 +345,6 @@ class _OneToManyCheck:
     def same(self) -> bool:
         return assignment(self.ours) == assignment(self.meta)
 
-    @property
-    def by_design(self) -> bool:
-        """Meta repeats queries and ours takes each of those queries once, for one of Meta's targets."""
-        return (
-            not self.same
-            and self.repeated > 0
-            and assignment(self.ours) <= assignment(self.meta)
-            and len(self.ours) == len(self.meta) - self.repeated
-        )
-
 
 def check_problem(problem: Problem, meta: dict[str, torch.Tensor], tolerance: float) -> SeedReport:
     """Compares our criterion with Meta's results (`_meta_loss_oracle.run`) on one problem."""
@@ -387,10 +353,6 @@ def check_problem(problem: Problem, meta: dict[str, torch.Tensor], tolerance: fl
     out(f"== seed {problem.seed}: {problem.describe()}")
     notes: dict[str, str] = {}
     o2m = _check_assignments(problem, meta, report)
-    if o2m.by_design:
-        notes["A"] = NOTES["A"].format(dup=o2m.repeated, meta_o2m=len(o2m.meta), ours_o2m=len(o2m.ours))
-    elif not o2m.same:
-        notes["D"] = NOTES["D"]
 
     for round_name, weak_loss in (("strict", False), ("weak", True)):
         rows = _round_rows(problem, meta, round_name, weak_loss, o2m, notes)
@@ -440,15 +402,15 @@ def _check_assignments(problem: Problem, meta: dict[str, torch.Tensor], report: 
         meta=matches_from_rows(meta["o2m"], targets.num_boxes),
         ours=criterion.o2m_matcher(problem.o2m_layers[-1], targets),
     )
-    o2m_text = "identical" if o2m.same else ("differs, see [A]" if o2m.by_design else "DIFFERS, see [D]")
+    o2m_text = "identical" if o2m.same else "DIFFERS"
     report.lines.append(
         f"assignments vs Meta's: o2o layers {sum(o2o_same)}/{len(o2o_same)} identical; o2m auxiliary layers "
         f"(one-to-one) {sum(aux_same)}/{len(aux_same)} identical; final o2m (one-to-many): Meta {len(o2m.meta)} "
         f"matches ({o2m.repeated} repeating a query), ours {len(o2m.ours)}: {o2m_text}"
     )
-    if not all(o2o_same) or not all(aux_same):
+    if not all(o2o_same) or not all(aux_same) or not o2m.same:
         report.passed = False
-        report.lines.append("FAIL: a one-to-one assignment differs from Meta's (Hungarian near-tie or cost difference?)")
+        report.lines.append("FAIL: an assignment differs from Meta's (Hungarian near-tie or cost difference?)")
     return o2m
 
 
@@ -466,8 +428,6 @@ def _round_rows(
     normalization = LossNormalization.local(targets)
     meta_losses = {k.split("/", 1)[1]: float(v) for k, v in meta.items() if k.startswith(round_name + "/")}
     total, ours = _our_losses(problem, build_our_criterion(weak_loss), normalization)
-    given = GivenOneToManyMatcher(o2m.meta)
-    total_given, ours_given = _our_losses(problem, build_our_criterion(weak_loss, given), normalization)
     keys = [k for k in meta_losses if k != "core_loss" and not k.startswith(METRICS)]
     keys += [k for k in ours if k not in meta_losses]
     rows: list[_Row] = []
@@ -486,25 +446,17 @@ def _round_rows(
             rows.append(_Row(key, meta_value, ours.get(key, math.nan) * weight, note=f"not in {side}"))
             continue
         row = _Row(key, meta_value, ours[key] * weight)
-        if is_o2m and is_final and (o2m.same or o2m.by_design):
-            reasons, value = ["A"] if o2m.by_design else [], ours_given[key] * weight
-            if weak_loss:
-                num_queries = problem.outputs.num_queries
-                meta_kept, meta_nonex = _meta_weak_kept(targets, o2m.meta, num_queries)
-                ours_kept = round(1.0 / normalization.entry_norm(num_queries, weak_loss=True))
-                if meta_kept != ours_kept:
-                    value *= ours_kept / meta_kept
-                    reasons.append("C")
-                    notes["C"] = NOTES["C"].format(ours_kept=ours_kept, meta_nonex=meta_nonex, meta_kept=meta_kept)
-            if reasons:
-                label = "with Meta's o2m assignment" + (" and denominator" if "C" in reasons else "")
-                row.note, row.alt = ",".join(reasons), (label, value, meta_value)
+        if weak_loss and is_o2m and is_final:
+            num_queries = problem.outputs.num_queries
+            meta_kept, meta_nonex = _meta_weak_kept(targets, o2m.meta, num_queries)
+            ours_kept = round(1.0 / normalization.entry_norm(num_queries, weak_loss=True))
+            if meta_kept != ours_kept:
+                row.note = "C"
+                row.alt = ("over Meta's denominator", ours[key] * weight * ours_kept / meta_kept, meta_value)
+                notes["C"] = NOTES["C"].format(ours_kept=ours_kept, meta_nonex=meta_nonex, meta_kept=meta_kept)
         rows.append(row)
     if not weak_loss:
-        row = _Row("total (core_loss)", meta_losses["core_loss"], total)
-        if o2m.by_design:
-            row.note, row.alt = "A", ("with Meta's o2m assignment", total_given, meta_losses["core_loss"])
-        rows.append(row)
+        rows.append(_Row("total (core_loss)", meta_losses["core_loss"], total))
     return rows
 
 

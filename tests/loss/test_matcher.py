@@ -151,10 +151,11 @@ def test_non_finite_cost_raises(generator) -> None:
         HungarianMatcher()(_output(logits, boxes), _targets(target_boxes, torch.ones(2, 2, dtype=torch.bool)))
 
 
-def _o2m_reference(prob, iou, visible, alpha, threshold, topk):
-    """Per-target loop: top-k queries above the threshold, then each query kept by its best target."""
+def _o2m_reference(prob, iou, visible, alpha, threshold, topk, unique_queries):
+    """Per-target loop: top-k queries above the threshold, then (unique) each query kept by its best target."""
     num_pairs, num_queries, num_slots = iou.shape
     chosen = {}
+    every = []
     for pair in range(num_pairs):
         for slot in range(num_slots):
             if not visible[pair, slot]:
@@ -162,37 +163,47 @@ def _o2m_reference(prob, iou, visible, alpha, threshold, topk):
             score = alpha * prob[pair] + (1 - alpha) * iou[pair, :, slot]
             for query in score.argsort(descending=True)[:topk].tolist():
                 if score[query] > threshold:
+                    every.append((pair, query, slot))
                     key = (pair, query)
                     if key not in chosen or score[query] > chosen[key][1]:
                         chosen[key] = (slot, float(score[query]))
+    if not unique_queries:
+        return sorted(every)
     return sorted((p, q, s) for (p, q), (s, _) in chosen.items())
 
 
+@pytest.mark.parametrize("unique_queries", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_one_to_many_matches_reference_and_never_reuses_a_query(problem_generator, seed: int) -> None:
+def test_one_to_many_matches_reference(problem_generator, seed: int, unique_queries: bool) -> None:
     g = torch.Generator().manual_seed(seed)
     logits, boxes, target_boxes, visible = problem_generator(g, 4, 30, 6, spread=0.15)
-    matcher = OneToManyMatcher(alpha=0.3, threshold=0.3, topk=4)
+    matcher = OneToManyMatcher(alpha=0.3, threshold=0.3, topk=4, unique_queries=unique_queries)
     matches = matcher(_output(logits, boxes), _targets(target_boxes, visible))
     pairs_queries = list(zip(matches.pair_idx.tolist(), matches.query_idx.tolist()))
-    assert len(pairs_queries) == len(set(pairs_queries)), "a query was assigned twice"
+    if unique_queries:
+        assert len(pairs_queries) == len(set(pairs_queries)), "a query was assigned twice"
     assert visible[matches.pair_idx, matches.target_idx].all()
     iou = torch.stack([box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes)])
-    expected = _o2m_reference(logits.sigmoid(), iou, visible, 0.3, 0.3, 4)
+    expected = _o2m_reference(logits.sigmoid(), iou, visible, 0.3, 0.3, 4, unique_queries)
     got = sorted(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist()))
     assert got == expected
     assert len(got) > 0
 
 
-def test_one_to_many_overlapping_targets_share_no_query() -> None:
-    # Two identical targets: every top query is selected by both; each must go to one target only.
+@pytest.mark.parametrize("unique_queries", [False, True])
+def test_one_to_many_overlapping_targets(unique_queries: bool) -> None:
+    # Two identical targets: every top query is selected by both. SAM3 gives each query to both;
+    # with unique queries each goes to one target only.
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 3])
     target_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.21, 0.2]]])
-    matches = OneToManyMatcher(alpha=0.3, threshold=0.4, topk=3)(
+    matches = OneToManyMatcher(alpha=0.3, threshold=0.4, topk=3, unique_queries=unique_queries)(
         _output(torch.zeros(1, 3), boxes), _targets(target_boxes, torch.ones(1, 2, dtype=torch.bool))
     )
-    assert sorted(matches.query_idx.tolist()) == [0, 1, 2]
-    assert matches.target_idx.tolist() == [0, 0, 0]  # slot 0 is the exact match
+    if unique_queries:
+        assert sorted(matches.query_idx.tolist()) == [0, 1, 2]
+        assert matches.target_idx.tolist() == [0, 0, 0]  # slot 0 is the exact match
+    else:
+        assert sorted(zip(matches.target_idx.tolist(), matches.query_idx.tolist())) == [(t, q) for t in (0, 1) for q in range(3)]
 
 
 @pytest.fixture
