@@ -4,32 +4,37 @@
 under a Hydra multirun, one job array with one element per sweep point). Each SLURM task is one rank:
 `sam3.train.entry.run` initialises torch.distributed from SLURM's task variables (no torchrun inside).
 
-Preemption and timeout: SLURM (or `scancel --signal USR2`) sends USR2 to every task. Submitit's own
-handler would requeue and exit inside the signal handler, in the middle of a step, and only on rank 0.
-`TrainJob` replaces it with a handler that only asks the trainer for a checkpoint; at the next step
-boundary all ranks agree, save the same step and return an "interrupted" summary. Then rank 0 stores
-the job's next state (its requeue count) in submitit's pickle and requeues the job with `scontrol`,
-and every rank exits without writing a result. The requeued job runs the same callable, which resumes
-from the run directory's latest checkpoint, so the final weights equal those of an uninterrupted run.
+Preemption and timeout: SLURM (or `scancel --signal USR2`) sends submitit's preemption signal
+(`JobEnvironment.USR_SIG`) to every task. Submitit's handler would checkpoint and requeue at once, in the
+middle of a step, and only rank 0 would stop. `TrainJob` defers that handler to a step boundary: its own
+handler only asks the trainer for a checkpoint; at the next step boundary all ranks save the same step
+and `run` returns an "interrupted" summary. Then every rank calls submitit's handler as the signal
+would have: on rank 0 it calls `TrainJob.checkpoint` (which counts the requeue in the run directory),
+stores the submission it returns and requeues the job; every rank then exits without a result. The
+requeued job runs the same callable, which resumes from the run directory's latest checkpoint, so the
+final weights equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import submitit
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
+from submitit.helpers import DelayedSubmission
 
 from sam3.train.entry import check_required, run
 from sam3.train.trainer import Trainer
@@ -37,6 +42,7 @@ from sam3.train.trainer import Trainer
 logger = logging.getLogger(__name__)
 
 LOG_FOLDER = "slurm"  # submitit's scripts, pickles and logs, inside the run (or sweep) directory
+REQUEUES_FILE = "slurm_requeues.json"  # in the run directory: {"job_id": ..., "requeues": n}
 
 # Configs of the current Hydra multirun, submitted together as one array by `SubmitSweep`.
 _pending: list[tuple[dict[str, Any], SlurmConfig]] = []
@@ -116,7 +122,8 @@ class SlurmConfig:
 
 def make_executor(config: SlurmConfig, folder: str | Path) -> submitit.AutoExecutor:
     """A submitit SLURM executor with `config`'s resources, writing its files under `folder`."""
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    # submitit stops requeueing after max_num_timeout timeouts; max_requeues is the tighter cap
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=config.max_requeues)
     params: dict[str, Any] = {
         "name": config.job_name,
         "nodes": config.nodes,
@@ -146,34 +153,42 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     Args:
         config: the run's config, resolved to plain containers (no Hydra resolvers needed remotely).
-        max_requeues: requeues allowed after preemption / timeout.
-        requeues: requeues so far (the requeued job receives the incremented count).
+        max_requeues: requeues allowed after preemption / timeout, per SLURM job.
     """
 
-    def __init__(self, config: dict[str, Any], max_requeues: int, requeues: int = 0) -> None:
+    def __init__(self, config: dict[str, Any], max_requeues: int) -> None:
         self.config = config
         self.max_requeues = max_requeues
-        self.requeues = requeues
         self._trainer: Trainer | None = None
         self._stop_requested = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "max_requeues": self.max_requeues, "requeues": self.requeues}
+        return {"config": self.config, "max_requeues": self.max_requeues}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
     def __call__(self) -> dict[str, Any]:
-        # replaces submitit's handler, which would requeue and exit mid-step on rank 0 only
-        signal.signal(submitit.JobEnvironment._usr_sig(), self._on_signal)
+        signum = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
+        submitit_handler = signal.getsignal(signum)  # on rank 0: checkpoint(), requeue and exit, at once
+        signal.signal(signum, self._on_signal)
+        # read before the run: only rank 0 counts a requeue, and only after every rank has started
+        requeues = read_requeues(self.config["run_dir"], submitit.JobEnvironment().job_id)
         summary = run(OmegaConf.create(self.config), on_trainer=self._attach)
         if summary.get("interrupted"):
-            self._requeue_and_exit(int(summary["step"]))
+            self._requeue(submitit_handler, signum, int(summary["step"]), requeues)
         return summary
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        """The submission that continues this run: the same config, one more requeue counted."""
-        return DelayedSubmission(TrainJob(self.config, self.max_requeues, self.requeues + 1))
+    def checkpoint(self) -> DelayedSubmission:
+        """The submission that continues this run (this callable again); counts the requeue in the run dir."""
+        job_id = submitit.JobEnvironment().job_id
+        run_dir = Path(self.config["run_dir"])
+        requeues = read_requeues(run_dir, job_id) + 1
+        tmp = run_dir / f".{REQUEUES_FILE}.tmp"
+        tmp.write_text(json.dumps({"job_id": job_id, "requeues": requeues}))
+        os.replace(tmp, run_dir / REQUEUES_FILE)
+        logger.warning("requeueing job %s (requeue %d of %d)", job_id, requeues, self.max_requeues)
+        return super().checkpoint()
 
     def _attach(self, trainer: Trainer) -> None:
         self._trainer = trainer
@@ -186,34 +201,28 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self._trainer is not None:
             self._trainer.request_checkpoint()
 
-    def _requeue_and_exit(self, step: int) -> None:
-        run_dir = self.config["run_dir"]
-        if self.requeues >= self.max_requeues:
-            raise UncompletedJobError(
-                f"interrupted at step {step} after {self.requeues} requeues (launcher.max_requeues="
-                f"{self.max_requeues}); the checkpoint is in {run_dir}: submit the same command to continue"
+    def _requeue(self, submitit_handler: Callable[..., Any], signum: int, step: int, requeues: int) -> NoReturn:
+        """Runs submitit's deferred signal handler after the save at `step`, then exits without a result."""
+        if requeues >= self.max_requeues:
+            raise RuntimeError(
+                f"interrupted at step {step} after {requeues} requeues (launcher.max_requeues="
+                f"{self.max_requeues}); the checkpoint is in {self.config['run_dir']}: submit the same command "
+                "to continue"
             )
-        env = submitit.JobEnvironment()
-        if env.global_rank == 0:
-            pickle_path = env.paths.submitted_pickle
-            previous = DelayedSubmission.load(pickle_path)
-            delayed = self.checkpoint()
-            delayed.set_timeout(previous._timeout_min, previous._timeout_countdown)
-            with temporary_save_path(pickle_path) as tmp:
-                delayed.dump(tmp)
-            result = subprocess.run(["scontrol", "requeue", env.job_id], capture_output=True, text=True, timeout=60)
-            if result.returncode == 0:
-                logger.warning(
-                    "requeued job %s after saving step %d (requeue %d of %d)",
-                    env.job_id,
-                    step,
-                    self.requeues + 1,
-                    self.max_requeues,
-                )
-            else:  # e.g. SLURM requeues a preempted job itself; the saved pickle still counts this requeue
-                logger.warning("scontrol requeue %s failed: %s", env.job_id, result.stderr.strip())
-        # no result file: the job is not finished, the requeued run writes it
-        sys.exit(0)
+        try:
+            submitit_handler(signum, None)  # rank 0 exits inside it once requeued; other ranks return
+        except subprocess.CalledProcessError as error:  # e.g. SLURM requeues a preempted job itself
+            logger.warning("scontrol requeue failed: %s", error)
+        sys.exit(0)  # no result file: the job is not finished, the requeued run writes it
+
+
+def read_requeues(run_dir: str | Path, job_id: str) -> int:
+    """Requeues of SLURM job `job_id` so far, as counted in `run_dir` (0 for a new submission)."""
+    path = Path(run_dir) / REQUEUES_FILE
+    if not path.exists():
+        return 0
+    record = json.loads(path.read_text())
+    return int(record["requeues"]) if record["job_id"] == job_id else 0
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from submitit.core.utils import DelayedSubmission, UncompletedJobError
+from submitit.helpers import DelayedSubmission
 
-from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, submit
+from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, read_requeues, submit
 from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from tests.train.conftest import TINY_OVERRIDES, tiny_run_config
 
@@ -92,16 +94,31 @@ def test_gpu_job_options_reach_the_batch_script(slurm_cluster, tmp_path):
     assert "module load cuda" in script
 
 
-def test_checkpoint_counts_requeues_and_the_cap_stops_the_job(tmp_path):
-    job = TrainJob({"run_dir": str(tmp_path)}, max_requeues=2, requeues=1)
+def test_checkpoint_counts_requeues_in_the_run_dir_per_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit's JobEnvironment reads in a job
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    job = TrainJob({"run_dir": str(tmp_path)}, max_requeues=2)
     job._trainer = object()  # a live trainer is never pickled into the next submission
     delayed = job.checkpoint()
-    assert isinstance(delayed, DelayedSubmission)
-    following = delayed.function
-    assert (following.config, following.requeues, following.max_requeues) == (job.config, 2, 2)
-    assert following.__getstate__() == {"config": job.config, "max_requeues": 2, "requeues": 2}
-    with pytest.raises(UncompletedJobError, match=r"after 2 requeues \(launcher.max_requeues=2\)"):
-        following._requeue_and_exit(step=5)
+    assert isinstance(delayed, DelayedSubmission) and isinstance(delayed.function, TrainJob)
+    assert delayed.function.__getstate__() == {"config": job.config, "max_requeues": 2}
+    job.checkpoint()
+    assert read_requeues(tmp_path, "41") == 2
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # a new submission of the same run starts from 0
+    assert read_requeues(tmp_path, "42") == 0
+    job.checkpoint()
+    assert read_requeues(tmp_path, "42") == 1
+
+
+def test_requeue_runs_the_deferred_submitit_handler_until_the_cap(tmp_path):
+    job = TrainJob({"run_dir": str(tmp_path)}, max_requeues=2)
+    calls = []
+    with pytest.raises(SystemExit) as exit_info:  # no result: the requeued job writes it
+        job._requeue(lambda *args: calls.append(args), signal.SIGUSR2, step=5, requeues=1)
+    assert exit_info.value.code == 0 and calls == [(signal.SIGUSR2, None)]
+    with pytest.raises(RuntimeError, match=r"after 2 requeues \(launcher.max_requeues=2\)"):
+        job._requeue(lambda *args: calls.append(args), signal.SIGUSR2, step=5, requeues=2)
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------- on SLURM
@@ -155,7 +172,7 @@ def test_interrupted_job_saves_requeues_and_ends_with_the_uninterrupted_weights(
     log = (run_dir / "train.log").read_text()
     assert f"saved step {saved[0]} and stopping" in log
     assert f"resumed from {checkpoint_path(run_dir, saved[0])}" in log
-    assert DelayedSubmission.load(job.paths.submitted_pickle).function.requeues == 1
+    assert read_requeues(run_dir, job.job_id) == 1
     _assert_same_weights(_final_weights(run_dir, STEPS), _final_weights(reference_run[0], STEPS))
 
 
@@ -186,7 +203,7 @@ def test_sweep_is_submitted_as_one_job_array_with_a_run_dir_each(slurm_cluster, 
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    submitted = [line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted SLURM job")]
+    submitted = re.findall(r"submitted SLURM job (\S+)", result.stdout + result.stderr)
     assert len(submitted) == 2 and {s.split("_")[0] for s in submitted} == {submitted[0].split("_")[0]}, submitted
     assert sorted(s.split("_")[1] for s in submitted) == ["0", "1"]
     for index, lr in ((0, 1e-3), (1, 2e-3)):
