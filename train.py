@@ -10,6 +10,7 @@ Global torch flags are set here, once, never at import time.
 """
 
 import logging
+from typing import Any
 
 import hydra
 import torch
@@ -21,12 +22,11 @@ from sam3.train.entry import run
 
 
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Any:
     if cfg.launcher.name == "slurm":  # submit instead of running here (sam3/launch/slurm.py)
         from sam3.launch.slurm import launch
 
-        launch(cfg)
-        return
+        return launch(cfg)  # in a sweep, the point that the SubmitSweep callback collects
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # one run directory per sweep point
         with open_dict(cfg):
             cfg.run_dir = HydraConfig.get().runtime.output_dir

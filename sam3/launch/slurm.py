@@ -1,8 +1,9 @@
 """Submit training and evaluation to SLURM through submitit, with preemption-safe requeue.
 
 `python train.py ... launcher=slurm` hands the composed config to `launch`, which submits one job (or,
-under a Hydra multirun, one job array with one element per sweep point). Each SLURM task is one rank:
-`sam3.train.entry.run` initialises torch.distributed from SLURM's task variables (no torchrun inside).
+under a Hydra multirun, returns the prepared sweep point; `SubmitSweep` submits them all as one job
+array). Each SLURM task is one rank: `sam3.train.entry.run` initialises torch.distributed from SLURM's
+task variables (no torchrun inside).
 
 Preemption and timeout: SLURM (or `scancel --signal USR2`) sends submitit's preemption signal
 (`JobEnvironment.USR_SIG`) to every task. Submitit's handler would checkpoint and requeue at once, in the
@@ -31,6 +32,7 @@ from typing import Any, NoReturn
 
 import submitit
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -43,9 +45,6 @@ logger = logging.getLogger(__name__)
 
 LOG_FOLDER = "slurm"  # submitit's scripts, pickles and logs, inside the run (or sweep) directory
 REQUEUES_FILE = "slurm_requeues.json"  # in the run directory: {"job_id": ..., "requeues": n}
-
-# Configs of the current Hydra multirun, submitted together as one array by `SubmitSweep`.
-_pending: list[tuple[dict[str, Any], SlurmConfig]] = []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,40 +242,51 @@ def submit(configs: list[dict[str, Any]], config: SlurmConfig, folder: Path) -> 
     return jobs
 
 
-def launch(cfg: DictConfig) -> list[submitit.Job]:
-    """`train.py`'s SLURM path: submits `cfg` now, or queues it when Hydra runs a sweep.
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a Hydra multirun, prepared for submission: what `launch` returns to `SubmitSweep`."""
+
+    config: dict[str, Any]
+    slurm: SlurmConfig
+
+
+def launch(cfg: DictConfig) -> SweepPoint | list[submitit.Job]:
+    """`train.py`'s SLURM path: submits `cfg` now, or returns its sweep point when Hydra runs a sweep.
 
     In a multirun each sweep point gets its own run directory (Hydra's job output directory,
     `hydra.sweep.dir/hydra.sweep.subdir`), and `SubmitSweep` submits them all as one array at the end.
     """
     config = SlurmConfig.from_cfg(cfg)
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg.mode == RunMode.MULTIRUN else Path(cfg.run_dir)
-    prepared = prepare(cfg, run_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        _pending.append((prepared, config))
-        return []
-    jobs = submit([prepared], config, run_dir.resolve() / LOG_FOLDER)
+        return SweepPoint(prepare(cfg, Path(hydra_cfg.runtime.output_dir)), config)
+    prepared = prepare(cfg, Path(cfg.run_dir))
+    jobs = submit([prepared], config, Path(prepared["run_dir"]) / LOG_FOLDER)
     _report(jobs, [prepared], config)
     return jobs
 
 
 class SubmitSweep(Callback):
-    """Hydra callback: at the end of a multirun, submits the queued sweep points as one SLURM array."""
+    """Hydra callback: collects the sweep points `launch` returns and submits them as one SLURM array."""
+
+    def __init__(self) -> None:
+        self._points: list[SweepPoint] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, SweepPoint):
+            self._points.append(job_return.return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _pending:
+        points, self._points = self._points, []
+        if not points:
             return
-        configs = [prepared for prepared, _ in _pending]
-        slurm_config = _pending[0][1]
-        if any(c != slurm_config for _, c in _pending):
+        if any(p.slurm != points[0].slurm for p in points):
             raise ValueError(
                 "a SLURM job array needs the same launcher settings for every element: do not sweep launcher.*"
             )
-        _pending.clear()
+        configs = [p.config for p in points]
         folder = Path(config.hydra.sweep.dir).resolve() / LOG_FOLDER
-        jobs = submit(configs, slurm_config, folder)
-        _report(jobs, configs, slurm_config)
+        _report(submit(configs, points[0].slurm, folder), configs, points[0].slurm)
 
 
 def _report(jobs: list[submitit.Job], configs: list[dict[str, Any]], config: SlurmConfig) -> None:
