@@ -290,16 +290,22 @@ class SubmitSweep(Callback):
 
 
 def _report(jobs: list[submitit.Job], configs: list[dict[str, Any]], config: SlurmConfig) -> None:
-    """Prints each job's id, run directory and logs, then waits for them if `config.wait`."""
+    """Logs each job's id, run directory and logs, then waits for them if `config.wait`."""
     tasks = config.nodes * config.ntasks_per_node
     for job, job_config in zip(jobs, configs, strict=True):
-        print(f"submitted SLURM job {job.job_id} ({config.nodes} node(s) x {config.ntasks_per_node} task(s))")
-        print(f"  run dir: {job_config['run_dir']}")
-        print(f"  logs: {job.paths.stdout} (rank 0), {job.paths.folder}")
+        logger.info(
+            "submitted SLURM job %s (%d node(s) x %d task(s))\n  run dir: %s\n  logs: %s (rank 0), %s",
+            job.job_id,
+            config.nodes,
+            config.ntasks_per_node,
+            job_config["run_dir"],
+            job.paths.stdout,
+            job.paths.folder,
+        )
     if not config.wait:
         return
     for job in jobs:
         results = job.results()  # raises if any task failed
         if len(results) != tasks:
             raise RuntimeError(f"SLURM job {job.job_id} returned {len(results)} results for {tasks} tasks")
-        print(f"SLURM job {job.job_id} finished at step {results[0].get('step')}")
+        logger.info("SLURM job %s finished at step %s", job.job_id, results[0].get("step"))
