@@ -131,22 +131,13 @@ class ProcessFrameGroup(FrameGroup):
         else:
             self.group = new_subgroups([layout.ranks_of_group(g) for g in range(layout.num_groups)])
 
-    def all_gather_async(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor], dist.Work]:
-        """Starts gathering one same-shaped contiguous tensor from every group rank.
-
-        Returns the F receive tensors (index = group rank) and the handle to wait on.
-        """
-        if not tensor.is_contiguous():
-            raise ValueError("all_gather_async needs a contiguous tensor; call .contiguous() first")
-        received = [torch.empty_like(tensor) for _ in range(self.group_size)]
-        handle = dist.all_gather(received, tensor, group=self.group, async_op=True)
-        return received, handle
-
     def _gather_into(
         self, buffer: FrameBuffer, chunk_keys: Sequence[Hashable | None], tensors: FrameTensors, wait: bool
     ) -> None:
         layout = PackedLayout.of(tensors)
-        received, handle = self.all_gather_async(layout.pack(tensors))
+        packed = layout.pack(tensors)  # (bytes,) uint8, contiguous
+        received = [torch.empty_like(packed) for _ in range(self.group_size)]
+        handle = dist.all_gather(received, packed, group=self.group, async_op=True)
         if wait:
             handle.wait()
             handle = None
