@@ -6,7 +6,7 @@ Prints, for W = 1 and W = 2 gloo ranks on CPU (1 thread per rank; on CUDA when a
 rank):
 - training step time (forward + backward of the sharded clip) and the speedup of W = 2 over W = 1;
 - peak memory per rank (RSS on CPU, allocated memory on CUDA);
-- inference frames/s of `forward_video_grounding_multigpu` with async gathers (next chunk computed
+- inference frames/s of `VideoGroundingRunner` with async gathers (next chunk computed
   while the current one travels) versus synchronous gathers;
 - the per-frame loop baseline: all T frames run one after another on one rank.
 """
@@ -23,8 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sam3.data.collate import collate_clips
 from sam3.distributed.env import get_rank, get_world_size
-from sam3.distributed.frame_shard import FrameSharder, frames_of_rank
+from sam3.distributed.frame_layout import frames_of_rank
+from sam3.distributed.frame_shard import build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
+from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.loss.normalization import LossNormalization
 from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
 from sam3.train.step import forward_backward
@@ -33,10 +35,10 @@ from sam3.train.step import forward_backward
 def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
     """Step time, peak memory and inference throughput on this rank (all ranks call it)."""
     device = torch.device(device_type, get_rank() if device_type == "cuda" else 0)
-    sharder = FrameSharder(None)
+    group = build_frame_group(None)
     clip = make_clip(config, config.seed + 1)
-    batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, sharder.group_size, sharder.group_rank))])
-    model = build_model(config, frame_sharder=sharder).to(device)
+    batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, group.group_size, group.group_rank))])
+    model = build_model(config).to(device)
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if get_world_size() > 1 else model
     criterion = build_criterion()
     step_times = []
@@ -52,12 +54,13 @@ def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
     images = clip.images.to(device)
     throughput = {}
     for mode in ("async", "sync"):
-        model.async_all_gather = mode == "async"
+        runner = VideoGroundingRunner(model, group, async_gather=mode == "async")
         times = []
         for _ in range(repeats):
             _sync(device)
             start = time.perf_counter()
-            model.forward_video_grounding_multigpu(lambda t: images[t], config.num_frames, clip.prompts)
+            for _ in runner.run(lambda t: images[t], config.num_frames, clip.prompts):
+                pass
             _sync(device)
             times.append(time.perf_counter() - start)
         throughput[mode] = config.num_frames / statistics.median(times)
@@ -68,7 +71,7 @@ def per_frame_loop(config: CheckConfig, repeats: int, device_type: str) -> float
     """Baseline: every frame of the clip through the image model one after another, seconds per step."""
     device = torch.device(device_type)
     clip = make_clip(config, config.seed + 1)
-    model = build_model(config, frame_sharder=None).to(device)
+    model = build_model(config).to(device)
     criterion = build_criterion()
     frames = [collate_clips([local_frames(clip, [t])]) for t in range(config.num_frames)]
     normalization = LossNormalization.local([f.targets for f in frames])

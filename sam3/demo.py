@@ -29,6 +29,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sam3.data.synthetic import generate_dataset
+from sam3.distributed.frame_shard import LocalFrameGroup
+from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.eval.visualize import denormalize_image, draw_frame, save_png, strip
 from sam3.ops.boxes import box_cxcywh_to_xyxy, denormalize_boxes
 from sam3.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -145,16 +147,16 @@ def _prediction_strip(run_dir: Path, overrides: list[str], video_idx: int = 0, p
     by frame, each labelled with its score (drawn whatever the score, to show what the model sees)."""
     with initialize_config_dir(str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose(CONFIG_NAME, overrides=overrides)
-    model = instantiate(cfg.model, frame_sharder=None).eval()
+    model = instantiate(cfg.model).eval()
     model.load_state_dict(load_checkpoint(latest_checkpoint(run_dir))["model"])
     dataset = instantiate(cfg.data.val, _convert_="all")
     sample = dataset[(0, video_idx)]
     prompt = next(p for p, positive in zip(sample.prompts, sample.is_positive) if positive)
-    frames = model.forward_video_grounding_multigpu(lambda t: sample.images[t], sample.num_frames, [prompt])
+    runner = VideoGroundingRunner(model, LocalFrameGroup())
+    frames = runner.run(lambda t: sample.images[t], sample.num_frames, [prompt])
     size = sample.images.shape[-1]
     drawn = []
-    for t in range(sample.num_frames):
-        out = frames[t]
+    for t, out in frames:
         scores = (out["pred_logits"][0, :, 0].sigmoid() * out["presence_logit_dec"][0].sigmoid())
         keep = scores.argsort(descending=True)[:per_frame]
         boxes = denormalize_boxes(box_cxcywh_to_xyxy(out["pred_boxes"][0, keep]), size, size)

@@ -15,7 +15,7 @@ from sam3.model.feature_extractor import FrozenImageEncoder
 from sam3.model.geometry_encoder import GeometryEncoder
 from sam3.model.neck import ViTDetNeck
 from sam3.model.sam3_image import Sam3Image
-from sam3.model.sam3_video import FrameSharderLike, Sam3ImageOnVideoMultiGPU
+from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
 from sam3.model.scoring import DotProductScoring
 from sam3.model.seg_head import SegmentationHead
 from sam3.model.text_encoder import TextEncoder
@@ -121,27 +121,13 @@ def build_sam3_image_video_model(
     eval_mode: bool = False,
     use_act_checkpoint: bool | None = None,
     compile: bool = False,
-    frame_sharder: FrameSharderLike | None = None,
-    async_all_gather: bool = True,
-    gather_backbone_out: bool = False,
 ) -> Sam3ImageOnVideoMultiGPU:
-    """The frame-sharded video model: the image model's config tree plus three video arguments.
-
-    Args:
-        frame_sharder: this rank's frame group (`sam3.distributed.frame_shard.FrameSharder`), built after
-            the process group exists and passed in by the caller; None runs as a group of one.
-        async_all_gather: gather per-frame outputs asynchronously.
-        gather_backbone_out: at inference, gather backbone features instead of detector outputs.
-        Others: as `build_sam3_image_model` (image checkpoints load unchanged).
-    """
-    video_arguments = {
-        "frame_sharder": frame_sharder,
-        "async_all_gather": async_all_gather,
-        "gather_backbone_out": gather_backbone_out,
-    }
+    """The frame-sharded video model from the image model's config tree; arguments as
+    `build_sam3_image_model` (image checkpoints load unchanged). Frame groups are applied from outside
+    (`sam3.distributed`)."""
     return _assemble(
         Sam3ImageOnVideoMultiGPU,
-        video_arguments,
+        {},
         d_model=d_model,
         backbone=backbone,
         encoder=encoder,

@@ -22,7 +22,7 @@ from sam3.data.prompts import PromptConfig, select_prompts
 from sam3.data.readers import OnError, load_annotations
 from sam3.data.sampler import ClipKey, clip_rng, sample_clip_frames
 from sam3.data.transforms import AugmentConfig, ClipTransform
-from sam3.distributed.frame_shard import frames_of_rank
+from sam3.distributed.frame_layout import frames_of_rank
 from sam3.ops.boxes import box_xywh_to_xyxy, box_xyxy_to_cxcywh, normalize_boxes
 from sam3.ops.masks import rle_decode
 

@@ -2,7 +2,7 @@
 
 DESIGN.md, "Frame sharding": the world of W ranks is split into W / F frame groups of F consecutive
 ranks. Every rank of a group gets the same clip indices; different groups get disjoint clips. In a clip
-of T frames, frame t belongs to group rank t mod F (`sam3.distributed.frame_shard.frames_of_rank`, the
+of T frames, frame t belongs to group rank t mod F (`sam3.distributed.frame_layout.frames_of_rank`, the
 one rule the data and the model side both ask). Randomness is a pure function of (seed, epoch, clip
 index) (`clip_rng`), so the ranks of a group draw the same frames and augmentation without communicating.
 """

@@ -1,1 +1,2 @@
-"""Distributed concerns: process-group environment, frame sharding, reductions."""
+"""Distributed concerns: process-group environment, frame groups and the video inference schedule over
+them, reductions, collectives."""

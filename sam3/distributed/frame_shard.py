@@ -1,17 +1,19 @@
-"""Frame groups, the round-robin frame-ownership rule and the async all-gather buffer (DESIGN.md "Frame sharding").
+"""This rank's frame group and the async all-gather buffer (DESIGN.md "Frame sharding").
 
-The world of W ranks is split into frame groups of F consecutive ranks (F divides W). The ranks of one
-group work on the same clips; different groups see different clips. Within a clip of T frames, frame t
-belongs to group rank t mod F. The data side decodes only a rank's own frames; the model side uses the
-same rule to know who holds which frame when it gathers per-frame outputs.
+`FrameGroup` is the one interface the rest of the code sees: its layout (group size, group rank, ...,
+arithmetic from `sam3.distributed.frame_layout`), `gather_into` a `FrameBuffer`, and an autograd-aware
+gather. `build_frame_group` returns `LocalFrameGroup` at world size 1 (nothing travels) and
+`ProcessFrameGroup` otherwise; it is called after the default process group exists.
 
-`FrameSharder` is built after the default process group exists and injected into the video model. With
-world size 1 (no process group) it runs the same code path without communicating.
+Per-frame tensors of mixed dtypes travel as their raw bytes packed into one uint8 buffer per chunk
+(`PackedLayout`), so one collective carries a chunk and every value arrives bit-exact in its own dtype
+(int64 above 2**24, bf16 stays two bytes).
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -19,91 +21,27 @@ import torch
 import torch.distributed as dist
 
 from sam3.distributed.env import get_rank, get_world_size, new_subgroups
+from sam3.distributed.frame_layout import FrameGroupLayout, frames_of_rank, owner_of_frame
 
 logger = logging.getLogger(__name__)
 
-
-def frames_of_rank(num_frames: int, group_size: int, group_rank: int) -> list[int]:
-    """Global indices of the frames of a T-frame clip that group rank `group_rank` owns (t mod F == rank)."""
-    if not 0 <= group_rank < group_size:
-        raise ValueError(f"group rank {group_rank} is outside [0, frame group size {group_size})")
-    return list(range(group_rank, num_frames, group_size))
+FrameTensors = dict[str, torch.Tensor]
+_ALIGN_BYTES = 16  # every packed tensor starts at a multiple of this, so it can be viewed in its dtype
 
 
-def owner_of_frame(frame_idx: int, group_size: int) -> int:
-    """The group rank that owns global frame `frame_idx` of a clip."""
-    return frame_idx % group_size
-
-
-@dataclass(frozen=True)
-class FrameGroupLayout:
-    """How W ranks split into frame groups of F consecutive ranks; pure arithmetic, no communication.
-
-    Attributes:
-        world_size: W, all ranks of the job.
-        group_size: F, ranks per frame group; F divides W.
-    """
-
-    world_size: int
-    group_size: int
-
-    def __post_init__(self) -> None:
-        if self.group_size < 1 or self.world_size % self.group_size != 0:
-            raise ValueError(
-                f"distributed.frame_group_size={self.group_size} must divide the world size: "
-                f"{self.world_size} ranks = {self.world_size // max(self.group_size, 1)} groups * {self.group_size}"
-                f" + {self.world_size % max(self.group_size, 1)} left over. Choose a divisor of {self.world_size} "
-                "or null (one group of all ranks)."
-            )
-
-    @staticmethod
-    def from_config(world_size: int, frame_group_size: int | None) -> FrameGroupLayout:
-        """`frame_group_size` None means one group spanning the whole world."""
-        return FrameGroupLayout(world_size, world_size if frame_group_size is None else int(frame_group_size))
-
-    @property
-    def num_groups(self) -> int:
-        return self.world_size // self.group_size
-
-    def group_idx(self, rank: int) -> int:
-        """Which frame group (data-parallel replica) a global rank belongs to."""
-        return rank // self.group_size
-
-    def group_rank(self, rank: int) -> int:
-        """A global rank's position inside its frame group."""
-        return rank % self.group_size
-
-    def ranks_of_group(self, group_idx: int) -> list[int]:
-        start = group_idx * self.group_size
-        return list(range(start, start + self.group_size))
-
-
-class FrameSharder:
-    """This rank's frame group: its process group, the ownership rule and gathers of per-frame tensors.
+class FrameGroup(ABC):
+    """This rank's frame group: the ownership rule and gathers of per-frame tensors among its ranks.
 
     Args:
-        frame_group_size: F; None means all ranks form one group.
+        layout: how the world splits into frame groups.
+        rank: this rank's global rank.
     """
 
-    def __init__(self, frame_group_size: int | None = None) -> None:
-        self.rank = get_rank()
-        self.layout = FrameGroupLayout.from_config(get_world_size(), frame_group_size)
-        self.group_idx = self.layout.group_idx(self.rank)
-        self.group_rank = self.layout.group_rank(self.rank)
-        if self.layout.world_size == 1:
-            self.group: dist.ProcessGroup | None = None
-        elif self.layout.num_groups == 1:
-            self.group = dist.group.WORLD
-        else:
-            self.group = new_subgroups([self.layout.ranks_of_group(g) for g in range(self.layout.num_groups)])
-        logger.info(
-            "frame sharding: %d ranks in %d frame group(s) of %d; this rank is group %d, group rank %d",
-            self.layout.world_size,
-            self.layout.num_groups,
-            self.group_size,
-            self.group_idx,
-            self.group_rank,
-        )
+    def __init__(self, layout: FrameGroupLayout, rank: int) -> None:
+        self.layout = layout
+        self.rank = rank
+        self.group_idx = layout.group_idx(rank)
+        self.group_rank = layout.group_rank(rank)
 
     @property
     def group_size(self) -> int:
@@ -125,32 +63,20 @@ class FrameSharder:
         """Group rank that owns frame `frame_idx`."""
         return owner_of_frame(frame_idx, self.group_size)
 
-    def all_gather_async(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor], dist.Work | None]:
-        """Starts gathering one same-shaped tensor from every rank of the group.
-
-        Returns the F receive tensors (index = group rank) and the handle to wait on (None when alone,
-        where the only entry is `tensor` itself). Gradients do not flow through this gather.
-        """
-        if not tensor.is_contiguous():
-            raise ValueError("all_gather_async needs a contiguous tensor; call .contiguous() first")
-        if self.group is None:
-            return [tensor], None
-        received = [torch.empty_like(tensor) for _ in range(self.group_size)]
-        handle = dist.all_gather(received, tensor, group=self.group, async_op=True)
-        return received, handle
-
-    def new_buffer(self) -> AsyncFrameBuffer:
+    def new_buffer(self) -> FrameBuffer:
         """An empty buffer for `gather_into`."""
-        return AsyncFrameBuffer()
+        return FrameBuffer()
 
     def gather_into(
         self,
-        buffer: AsyncFrameBuffer,
+        buffer: FrameBuffer,
         chunk_keys: Sequence[Hashable | None],
-        tensors: dict[str, torch.Tensor],
+        tensors: FrameTensors,
         wait: bool = False,
     ) -> None:
         """Starts gathering this rank's named per-frame tensors into `buffer`, one collective per chunk.
+
+        Gradients do not flow through this gather (see `all_gather_with_grad`).
 
         Args:
             buffer: where the group's frames land.
@@ -161,34 +87,96 @@ class FrameSharder:
         """
         if len(chunk_keys) != self.group_size:
             raise ValueError(f"a chunk needs one key per group rank ({self.group_size}), got {len(chunk_keys)}")
+        self._gather_into(buffer, chunk_keys, tensors, wait)
+
+    @abstractmethod
+    def _gather_into(
+        self, buffer: FrameBuffer, chunk_keys: Sequence[Hashable | None], tensors: FrameTensors, wait: bool
+    ) -> None: ...
+
+    @abstractmethod
+    def all_gather_with_grad(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """One same-shaped tensor from every group rank (index = group rank), with gradients flowing back
+        to the owner (for losses that need all frames). Synchronous."""
+
+
+class LocalFrameGroup(FrameGroup):
+    """The frame group of a single process: one rank, nothing travels."""
+
+    def __init__(self) -> None:
+        super().__init__(FrameGroupLayout(world_size=1, group_size=1), rank=0)
+
+    def _gather_into(
+        self, buffer: FrameBuffer, chunk_keys: Sequence[Hashable | None], tensors: FrameTensors, wait: bool
+    ) -> None:
+        buffer.put(chunk_keys[0], {name: tensor.detach() for name, tensor in tensors.items()})
+
+    def all_gather_with_grad(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+
+class ProcessFrameGroup(FrameGroup):
+    """A frame group of processes, gathering through its `torch.distributed` (sub)group.
+
+    Args:
+        layout: how the world splits into frame groups; every rank builds the same one (creating the
+            sub-groups is collective).
+        rank: this rank's global rank.
+    """
+
+    def __init__(self, layout: FrameGroupLayout, rank: int) -> None:
+        super().__init__(layout, rank)
+        if layout.num_groups == 1:
+            self.group = dist.group.WORLD
+        else:
+            self.group = new_subgroups([layout.ranks_of_group(g) for g in range(layout.num_groups)])
+
+    def _gather_into(
+        self, buffer: FrameBuffer, chunk_keys: Sequence[Hashable | None], tensors: FrameTensors, wait: bool
+    ) -> None:
         layout = PackedLayout.of(tensors)
-        received, handle = self.all_gather_async(layout.pack(tensors))
-        if wait and handle is not None:
+        packed = layout.pack(tensors)  # (bytes,) uint8, contiguous
+        received = [torch.empty_like(packed) for _ in range(self.group_size)]
+        handle = dist.all_gather(received, packed, group=self.group, async_op=True)
+        if wait:
             handle.wait()
             handle = None
         buffer.put_chunk(chunk_keys, received, handle, layout)
 
     def all_gather_with_grad(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Gathers one same-shaped tensor from every rank of the group, with gradients flowing back to
-        the owner (for losses that need all frames). Synchronous."""
-        if self.group is None:
-            return [tensor]
         return list(_AllGatherWithGrad.apply(self.group, self.group_size, tensor.contiguous()))
 
 
-class AsyncFrameBuffer:
-    """Per-frame tensors arriving through asynchronous all-gathers, waited on only when read.
+def build_frame_group(frame_group_size: int | None = None) -> FrameGroup:
+    """This rank's frame group of `frame_group_size` ranks (None: all ranks); call after the process group
+    exists. World size 1 gives a `LocalFrameGroup`."""
+    layout = FrameGroupLayout.from_config(get_world_size(), frame_group_size)
+    group = LocalFrameGroup() if layout.world_size == 1 else ProcessFrameGroup(layout, get_rank())
+    logger.info(
+        "frame sharding: %d ranks in %d frame group(s) of %d; this rank is group %d, group rank %d",
+        layout.world_size,
+        layout.num_groups,
+        layout.group_size,
+        group.group_idx,
+        group.group_rank,
+    )
+    return group
 
-    Each chunk of frames is one collective whose handle is shared by the chunk's frames. `get(t)` waits
-    on frame t's handle the first time it is read; `evict(frames)` drops frames no longer needed.
-    Packing several named tensors per frame into one flat buffer keeps it to one collective per chunk.
+
+class FrameBuffer:
+    """Per-frame named tensors, stored as computed or arriving through asynchronous all-gathers.
+
+    Each gathered chunk of frames is one collective whose handle is shared by the chunk's frames.
+    `get(key)` waits on the frame's handle the first time it is read; `evict(keys)` drops frames no
+    longer needed.
     """
 
     def __init__(self) -> None:
-        self._frames: dict[Hashable, tuple[torch.Tensor, PackedLayout, _Pending]] = {}
+        # key -> (tensors, or a packed buffer with its layout, and the pending gather that fills it)
+        self._frames: dict[Hashable, tuple[FrameTensors | torch.Tensor, PackedLayout | None, _Pending]] = {}
 
-    def __contains__(self, frame_idx: Hashable) -> bool:
-        return frame_idx in self._frames
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._frames
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -197,66 +185,85 @@ class AsyncFrameBuffer:
     def keys(self) -> list[Hashable]:
         return list(self._frames)
 
+    def put(self, key: Hashable | None, tensors: FrameTensors) -> None:
+        """Stores a frame's tensors as they are (a key of None is dropped)."""
+        if key is not None:
+            self._frames[key] = (tensors, None, _Pending(None))
+
     def put_chunk(
         self,
-        frame_indices: Sequence[Hashable | None],
+        keys: Sequence[Hashable | None],
         received: list[torch.Tensor],
         handle: dist.Work | None,
         layout: PackedLayout,
     ) -> None:
-        """Registers an in-flight gather: `received[r]` will hold the packed tensors of `frame_indices[r]`.
+        """Registers an in-flight gather: `received[r]` will hold the packed tensors of `keys[r]`.
 
-        Entries of `frame_indices` that are None (ranks with no frame in this chunk) are dropped.
+        Entries of `keys` that are None (ranks with no frame in this chunk) are dropped.
         """
         pending = _Pending(handle)
-        for frame_idx, flat in zip(frame_indices, received):
-            if frame_idx is not None:
-                self._frames[frame_idx] = (flat, layout, pending)
+        for key, packed in zip(keys, received, strict=True):
+            if key is not None:
+                self._frames[key] = (packed, layout, pending)
 
-    def get(self, frame_idx: Hashable) -> dict[str, torch.Tensor]:
-        """The named tensors of frame `frame_idx`, waiting for its gather to finish if needed."""
-        if frame_idx not in self._frames:
-            raise KeyError(f"frame {frame_idx} is not in the buffer (held: {self.keys})")
-        flat, layout, pending = self._frames[frame_idx]
+    def get(self, key: Hashable) -> FrameTensors:
+        """The named tensors of frame `key`, waiting for its gather to finish if needed."""
+        if key not in self._frames:
+            raise KeyError(f"frame {key} is not in the buffer (held: {self.keys})")
+        payload, layout, pending = self._frames[key]
         pending.wait()
-        return layout.unpack(flat)
+        return payload if layout is None else layout.unpack(payload)
 
-    def evict(self, frame_indices: Sequence[Hashable]) -> None:
+    def evict(self, keys: Sequence[Hashable]) -> None:
         """Drops frames that are no longer needed (waiting for their gather first, so buffers are free)."""
-        for frame_idx in frame_indices:
-            entry = self._frames.pop(frame_idx, None)
+        for key in keys:
+            entry = self._frames.pop(key, None)
             if entry is not None:
                 entry[2].wait()
 
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Names, shapes and dtypes of tensors packed into one flat float buffer (same on every rank)."""
+    """Names, shapes and dtypes of tensors packed as raw bytes into one uint8 buffer (same on every rank)."""
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[torch.dtype, ...]
 
     @staticmethod
-    def of(tensors: dict[str, torch.Tensor]) -> PackedLayout:
+    def of(tensors: FrameTensors) -> PackedLayout:
         return PackedLayout(
             names=tuple(tensors),
             shapes=tuple(tuple(t.shape) for t in tensors.values()),
             dtypes=tuple(t.dtype for t in tensors.values()),
         )
 
-    def pack(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Flattens the named tensors into one contiguous 1-D buffer of `dtype` (float32 holds bools,
-        small integers and bf16 values exactly)."""
-        return torch.cat([tensors[name].detach().reshape(-1).to(dtype) for name in self.names])
+    def pack(self, tensors: FrameTensors) -> torch.Tensor:
+        """The named tensors' bytes, each padded to a multiple of 16 bytes, as one contiguous uint8 buffer."""
+        parts = []
+        for name, (_, end, stop) in zip(self.names, self._spans(), strict=True):
+            tensor = tensors[name].detach().contiguous().reshape(-1)
+            parts.append(tensor.view(torch.uint8))
+            if stop > end:
+                parts.append(tensor.new_zeros(stop - end, dtype=torch.uint8))
+        return torch.cat(parts)
 
-    def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, offset = {}, 0
-        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
-            numel = int(torch.Size(shape).numel())
-            out[name] = flat[offset : offset + numel].view(shape).to(dtype)
-            offset += numel
-        return out
+    def unpack(self, packed: torch.Tensor) -> FrameTensors:
+        """The named tensors, as views of `packed` in their own dtypes and shapes."""
+        return {
+            name: packed[start:end].view(dtype).view(shape)
+            for name, shape, dtype, (start, end, _) in zip(self.names, self.shapes, self.dtypes, self._spans(), strict=True)
+        }
+
+    def _spans(self) -> list[tuple[int, int, int]]:
+        """Per tensor: (first byte, end of its bytes, end of its padded slot)."""
+        spans, offset = [], 0
+        for shape, dtype in zip(self.shapes, self.dtypes, strict=True):
+            num_bytes = int(torch.Size(shape).numel()) * dtype.itemsize
+            padded = -(-num_bytes // _ALIGN_BYTES) * _ALIGN_BYTES
+            spans.append((offset, offset + num_bytes, offset + padded))
+            offset += padded
+        return spans
 
 
 class _Pending:

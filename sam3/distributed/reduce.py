@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from sam3.distributed.collectives import is_distributed
+from sam3.distributed.env import get_world_size
 from sam3.loss.normalization import LossCounts, LossNormalization
 from sam3.structures import ClipBatch
 
@@ -35,8 +37,6 @@ def loss_normalization(micro_batches: Sequence[ClipBatch], device: torch.device 
     the counts are the local ones and W is 1.
     """
     counts = local_counts(micro_batches).as_tensor(device)
-    world_size = 1
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.all_reduce(counts)
-        world_size = dist.get_world_size()
-    return LossNormalization(LossCounts.from_tensor(counts.cpu()), scale=float(world_size))
+    return LossNormalization(LossCounts.from_tensor(counts.cpu()), scale=float(get_world_size()))

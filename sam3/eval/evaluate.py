@@ -1,8 +1,7 @@
-"""`evaluate(model, dataset, sharder)`: frame-sharded video inference, post-processing, linking, metrics.
+"""`evaluate(model, dataset, group)`: frame-sharded video inference, post-processing, linking, metrics.
 
 Whole videos are split across frame groups (`split_videos_for_eval`); inside a group the frames of a
-video are split across its ranks (chunk by chunk, `forward_video_grounding_multigpu`, with async
-prefetch). Each rank selects its frames' best detections before the gather (fixed-size top-k with
+video are split across its ranks (chunk by chunk, `VideoGroundingRunner`, with async prefetch). Each rank selects its frames' best detections before the gather (fixed-size top-k with
 optional mask NMS, so every rank sends same-shaped tensors). After the gather every rank of the group
 holds every frame; the group's first rank maps them to the original size, links them into masklets and
 keeps the prediction records. The records of all groups are gathered to rank 0, deduplicated, written
@@ -19,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from sam3.data.dataset import VideoGroundingDataset
 from sam3.data.index import DatasetIndex
 from sam3.data.sampler import split_videos_for_eval
+from sam3.distributed.collectives import gather_objects_to_rank0
+from sam3.distributed.env import get_rank
+from sam3.distributed.frame_shard import FrameGroup
+from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.eval.linking import LinkingConfig, link_video
 from sam3.eval.postprocess import FrameDetections, MaskNMS, to_original_size
 from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions, write_predictions
@@ -53,7 +55,7 @@ class EvalConfig:
 def evaluate(
     model: torch.nn.Module,
     dataset: VideoGroundingDataset,
-    sharder: Any,
+    group: FrameGroup,
     *,
     out_path: str | Path,
     device: torch.device | str = "cpu",
@@ -65,9 +67,9 @@ def evaluate(
     """Evaluates `model` on the whole videos of `dataset`; every rank calls it.
 
     Args:
-        model: `Sam3ImageOnVideoMultiGPU` (its frame sharder must be `sharder`).
+        model: `Sam3ImageOnVideoMultiGPU` (not wrapped in DDP).
         dataset: an evaluation dataset (`train=False`) built for this rank's frame-group rank.
-        sharder: the frame sharder (`sam3.distributed.frame_shard.FrameSharder`).
+        group: this rank's frame group (`sam3.distributed.frame_shard.build_frame_group`).
         out_path: where rank 0 writes the predictions (SA-Co/VEval format) and, beside it, the metrics.
         device: the model's device.
         score_thresh: the operating point of cgF1, HOTA and TETA.
@@ -86,15 +88,16 @@ def evaluate(
     model.eval()
     num_videos = len(dataset) if max_videos is None else min(int(max_videos), len(dataset))
     lengths = [dataset.index.videos[i].length for i in range(num_videos)]
-    my_videos = split_videos_for_eval(lengths, sharder.num_groups)[sharder.group_idx]
+    my_videos = split_videos_for_eval(lengths, group.num_groups)[group.group_idx]
     records: list[dict[str, Any]] = []
+    runner = VideoGroundingRunner(model, group)
     select = _TopDetections(config)
     for video_idx in my_videos:
-        records += _video_records(model, dataset, video_idx, sharder, device, select, config, linking)
+        records += _video_records(runner, dataset, video_idx, device, select, config, linking)
     model.train(was_training)
 
-    shards = _gather_to_rank0(records if sharder.group_rank == 0 else [])
-    if _rank() != 0:
+    shards = gather_objects_to_rank0(records if group.group_rank == 0 else [])
+    if get_rank() != 0:
         return {}
     predictions = merge_prediction_shards(shards)
     out_path = Path(out_path)
@@ -194,7 +197,7 @@ class _TopDetections:
         return selected
 
 
-def _video_records(model, dataset, video_idx, sharder, device, select, config, linking) -> list[dict[str, Any]]:
+def _video_records(runner, dataset, video_idx, device, select, config, linking) -> list[dict[str, Any]]:
     sample = dataset[(0, video_idx)]
     video = dataset.index.videos[video_idx]
     own = sample.frame_indices.tolist()
@@ -204,15 +207,16 @@ def _video_records(model, dataset, video_idx, sharder, device, select, config, l
     def load_frame(t: int) -> torch.Tensor:
         return images[position[t]].to(device, non_blocking=True)
 
-    frames = model.forward_video_grounding_multigpu(
+    frames = runner.run(
         load_frame, sample.num_frames, sample.prompts, postprocess=select, frame_shape=tuple(images.shape[1:])
     )
-    if sharder.group_rank != 0:
+    if runner.group.group_rank != 0:
+        for _ in frames:  # computes and sends this rank's frames; the group's first rank keeps them all
+            pass
         return []
     size = (video.height, video.width)
     per_frame = []
-    for t in range(sample.num_frames):
-        tensors = frames[t]
+    for _, tensors in frames:  # forward order: frame 0 first
         predictions = []
         for p in range(len(sample.prompts)):
             keep = tensors["scores"][p] > config.min_score
@@ -234,15 +238,3 @@ def _category_ids(index: DatasetIndex, video_idx: int, prompts: list[str]) -> li
     if missing:
         raise ValueError(f"{index.source}: video {index.videos[video_idx].video_id} has no category for prompts {missing}")
     return [by_phrase[p] for p in prompts]
-
-
-def _gather_to_rank0(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [records]
-    gathered: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(records, gathered, dst=0)
-    return gathered if dist.get_rank() == 0 else []
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

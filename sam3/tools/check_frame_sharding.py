@@ -4,7 +4,7 @@
 
 Spawns W gloo ranks on CPU with the tiny model (dropout and drop-path off) and prints the maximum
 relative difference, per tensor ‖a − b‖ / max(‖b‖, 1e-12), of the step loss, every parameter's gradient
-and the inference outputs of `forward_video_grounding_multigpu`, against a single process that holds
+and the inference outputs of `VideoGroundingRunner`, against a single process that holds
 every frame of every clip. With W / F frame groups, group g trains on clip g; the reference process
 holds all of them in one batch.
 """
@@ -24,8 +24,10 @@ from hydra.utils import instantiate
 from torch.nn.parallel import DistributedDataParallel
 
 from sam3.data.collate import ClipSample, collate_clips
-from sam3.distributed.frame_shard import FrameSharder, frames_of_rank
+from sam3.distributed.frame_layout import frames_of_rank
+from sam3.distributed.frame_shard import FrameGroup, LocalFrameGroup, build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
+from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
 from sam3.ops.boxes import box_xyxy_to_cxcywh
 from sam3.ops.masks import masks_to_boxes_xyxy
@@ -88,13 +90,13 @@ class CheckResult:
         return max(self.loss, self.max_grad, self.negligible_grad, self.inference) < tolerance
 
 
-def build_model(config: CheckConfig, frame_sharder: FrameSharder | None) -> Sam3ImageOnVideoMultiGPU:
+def build_model(config: CheckConfig) -> Sam3ImageOnVideoMultiGPU:
     """The tiny video model with deterministic layers, identically initialised on every rank."""
     overrides = [*DETERMINISTIC_OVERRIDES, f"model.backbone.vision_backbone.trunk.img_size={config.image_size}"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("demo_shapes_video", overrides=overrides)
     torch.manual_seed(config.seed)
-    model = instantiate(cfg.model, frame_sharder=frame_sharder)
+    model = instantiate(cfg.model)
     return model.train()
 
 
@@ -172,29 +174,29 @@ def run_reference(config: CheckConfig) -> dict:
     """Loss, gradients and inference outputs of one process holding every frame of every clip."""
     num_groups = config.world_size // config.group_size
     clips = [make_clip(config, config.seed + 1 + g) for g in range(num_groups)]
-    model = build_model(config, frame_sharder=None)
+    model = build_model(config)
     losses = forward_backward(model, build_criterion(), [collate_clips(clips)], 0, torch.device("cpu"))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
-    inference = [_inference(model, clip) for clip in clips]
+    inference = [_inference(model, LocalFrameGroup(), clip) for clip in clips]
     return {"loss": losses.loss, "grads": grads, "inference": inference}
 
 
 def run_rank(config: CheckConfig) -> dict:
     """One rank of the sharded run: its group's clip, its own frames, DDP over the world."""
-    sharder = FrameSharder(config.group_size)
-    clip = make_clip(config, config.seed + 1 + sharder.group_idx)
-    mine = frames_of_rank(config.num_frames, sharder.group_size, sharder.group_rank)
+    group = build_frame_group(config.group_size)
+    clip = make_clip(config, config.seed + 1 + group.group_idx)
+    mine = frames_of_rank(config.num_frames, group.group_size, group.group_rank)
     batch = collate_clips([local_frames(clip, mine)])
-    model = build_model(config, frame_sharder=sharder)
+    model = build_model(config)
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     losses = forward_backward(ddp, build_criterion(), [batch], 0, torch.device("cpu"))
     total = losses.loss.clone()
     dist.all_reduce(total)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
-    inference = _inference(model, clip)
-    return {"loss": total / sharder.world_size, "grads": grads, "inference": inference, "group": sharder.group_idx}
+    inference = _inference(model, group, clip)
+    return {"loss": total / group.world_size, "grads": grads, "inference": inference, "group": group.group_idx}
 
 
 def compare(reference: dict, ranks: list[dict]) -> CheckResult:
@@ -238,10 +240,11 @@ def check(config: CheckConfig) -> CheckResult:
     return compare(reference, ranks)
 
 
-def _inference(model: Sam3ImageOnVideoMultiGPU, clip: ClipSample) -> dict:
-    return model.forward_video_grounding_multigpu(
+def _inference(model: Sam3ImageOnVideoMultiGPU, group: FrameGroup, clip: ClipSample) -> dict:
+    frames = VideoGroundingRunner(model, group).run(
         lambda t: clip.images[t], clip.num_frames, clip.prompts, frame_shape=tuple(clip.images.shape[1:])
     )
+    return dict(frames)
 
 
 def main(argv: list[str] | None = None) -> int:

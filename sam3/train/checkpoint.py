@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from sam3.distributed.collectives import all_gather_objects, barrier
+from sam3.distributed.env import get_rank
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +51,9 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
 
     Returns the path on rank 0 and None elsewhere. Keeps the newest `keep_last` checkpoints (0 keeps all).
     """
-    rng_states = _gather_rng_states()
+    rng_states = all_gather_objects(_rng_state())
     path = checkpoint_path(run_dir, step)
-    if _rank() == 0:
+    if get_rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({**state, "step": step, "rng_states": rng_states}, tmp)
@@ -60,9 +62,8 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
         if keep_last > 0:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 old.unlink()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return path if _rank() == 0 else None
+    barrier()
+    return path if get_rank() == 0 else None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -80,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def restore_rng_states(state: dict[str, Any]) -> None:
     """Restores this rank's RNG states saved by `save_checkpoint` (same world size required)."""
     states = state.get("rng_states")
-    rank = _rank()
+    rank = get_rank()
     if not states or rank >= len(states):
         raise ValueError(
             f"the checkpoint holds RNG states for {len(states) if states else 0} ranks; this run has rank {rank}. "
@@ -106,16 +107,3 @@ def _rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
-
-
-def _gather_rng_states() -> list[dict[str, Any]]:
-    mine = _rng_state()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -1,7 +1,7 @@
 """From a composed config to a finished run, on one rank: the body of `train.py` and of SLURM tasks.
 
 Order matters (DESIGN.md): the process group is initialised from the environment first, then anything
-that needs it (the frame sharder, then the model that receives it) is instantiated from the config.
+that needs it (the frame group, then the model, data and evaluation) is instantiated from the config.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sam3.data.collate import collate_clips
 from sam3.data.sampler import FrameGroupSampler
+from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
-from sam3.distributed.frame_shard import FrameSharder
+from sam3.distributed.frame_shard import FrameGroup, build_frame_group
 from sam3.eval.visualize import PredictionStrip
 from sam3.train.trainer import Trainer, TrainerConfig
 
@@ -51,7 +51,7 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
     launcher uses it to route preemption signals to `Trainer.request_checkpoint`).
     """
     check_required(cfg)
-    owns_group = not dist.is_initialized()  # a caller (e.g. a test spawner) may have set it up already
+    owns_group = not is_distributed()  # a caller (e.g. a test spawner) may have set it up already
     dist_env = init_distributed() if owns_group else read_dist_env()
     try:
         setup_logging(dist_env.rank)
@@ -70,19 +70,19 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
 
 
 def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
-    """Instantiates sharder, model, criterion, data and evaluation from `cfg` (process group ready)."""
+    """Instantiates frame group, model, criterion, data and evaluation from `cfg` (process group ready)."""
     config = _trainer_config(cfg)
-    sharder = FrameSharder(cfg.distributed.frame_group_size)
+    group = build_frame_group(cfg.distributed.frame_group_size)
     _seed_everything(int(cfg.seed))  # the same initial weights on every rank
-    model = instantiate(cfg.model, frame_sharder=sharder).to(device)
-    _seed_everything(int(cfg.seed) + sharder.rank)  # distinct dropout / drop-path streams per rank
+    model = instantiate(cfg.model).to(device)
+    _seed_everything(int(cfg.seed) + group.rank)  # distinct dropout / drop-path streams per rank
     criterion = instantiate(cfg.loss).to(device)
     optim = instantiate(cfg.optim.optimizer, _convert_="all")
     schedule = instantiate(cfg.optim.schedule, _convert_="all")
     train_loader = None
     if config.mode == "train":
-        train_loader = build_train_loader(cfg, sharder)
-    evaluate_fn = build_evaluate(cfg, sharder, device) if cfg.data.get("val") is not None else None
+        train_loader = build_train_loader(cfg, group)
+    evaluate_fn = build_evaluate(cfg, group, device) if cfg.data.get("val") is not None else None
     return Trainer(
         model=model,
         criterion=criterion,
@@ -98,11 +98,11 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     )
 
 
-def build_train_loader(cfg: DictConfig, sharder: FrameSharder) -> DataLoader:
+def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
     """This rank's loader: its frame group's clips, its own frames of each clip."""
-    dataset = instantiate(cfg.data.train, group_size=sharder.group_size, group_rank=sharder.group_rank, _convert_="all")
+    dataset = instantiate(cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
     sampler = FrameGroupSampler(
-        len(dataset), num_groups=sharder.num_groups, group_idx=sharder.group_idx, shuffle=True, seed=int(cfg.seed)
+        len(dataset), num_groups=group.num_groups, group_idx=group.group_idx, shuffle=True, seed=int(cfg.seed)
     )
     workers = int(cfg.data.num_workers)
     return DataLoader(
@@ -117,17 +117,17 @@ def build_train_loader(cfg: DictConfig, sharder: FrameSharder) -> DataLoader:
     )
 
 
-def build_evaluate(cfg: DictConfig, sharder: FrameSharder, device: torch.device):
+def build_evaluate(cfg: DictConfig, group: FrameGroup, device: torch.device):
     """`evaluate(model, step)` on the validation split, writing predictions under the run directory."""
     from sam3.eval.evaluate import evaluate
 
-    dataset = instantiate(cfg.data.val, group_size=sharder.group_size, group_rank=sharder.group_rank, _convert_="all")
+    dataset = instantiate(cfg.data.val, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
     eval_cfg = cfg.get("eval", {})
     return partial(
         _evaluate_at_step,
         evaluate=evaluate,
         dataset=dataset,
-        sharder=sharder,
+        group=group,
         device=device,
         out_dir=Path(cfg.run_dir) / "eval",
         score_thresh=float(eval_cfg.get("score_thresh", 0.5)),
@@ -142,11 +142,11 @@ def write_configs(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _evaluate_at_step(model, step, *, evaluate, dataset, sharder, device, out_dir, score_thresh, max_videos):
+def _evaluate_at_step(model, step, *, evaluate, dataset, group, device, out_dir, score_thresh, max_videos):
     return evaluate(
         model,
         dataset,
-        sharder,
+        group,
         out_path=out_dir / f"predictions_step{step:08d}.json",
         device=device,
         score_thresh=score_thresh,

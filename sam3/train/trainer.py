@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from sam3.distributed.collectives import any_rank
+from sam3.distributed.env import get_rank, get_world_size
 from sam3.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from sam3.train.optim import OptimConfig, ScheduleConfig, apply_lr, build_optimizer, lr_factor
 from sam3.train.step import forward_backward
@@ -136,8 +137,8 @@ class Trainer:
         self.device = device
         self.weights_loaded = weights_loaded
         self.visualize = visualize
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = get_rank()
+        self.world_size = get_world_size()
         self.step = 0
         self.epoch = 0
         self.position = 0  # clips of the current epoch this frame group has consumed
@@ -201,7 +202,7 @@ class Trainer:
         start_time = time.perf_counter()
         start_step = self.step
         while self.step < self.config.max_steps:
-            if self._agree(self._checkpoint_requested.is_set()):
+            if any_rank(self._checkpoint_requested.is_set(), self.device):
                 self._save()
                 logger.warning("checkpoint requested: saved step %d and stopping", self.step)
                 history["interrupted"] = True
@@ -214,7 +215,7 @@ class Trainer:
             losses = forward_backward(
                 ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype
             )
-            if not self._agree(not bool(torch.isfinite(losses.loss))):
+            if not any_rank(not bool(torch.isfinite(losses.loss)), self.device):
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
             else:
@@ -301,14 +302,6 @@ class Trainer:
             "world_size": self.world_size,
         }
         save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
-
-    def _agree(self, flag: bool) -> bool:
-        """True on every rank if `flag` is true on any rank (one tiny all-reduce)."""
-        if self.world_size == 1:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]

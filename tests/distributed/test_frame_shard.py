@@ -1,4 +1,4 @@
-"""Frame groups, the ownership rule, and async gathers on real gloo ranks."""
+"""Frame groups, the ownership rule, and async gathers (mixed dtypes kept exact) on real gloo ranks."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sam3.distributed.frame_shard import (
-    AsyncFrameBuffer,
-    FrameGroupLayout,
-    FrameSharder,
-    PackedLayout,
-    frames_of_rank,
-    owner_of_frame,
-)
+from sam3.distributed.frame_layout import FrameGroupLayout, frames_of_rank, owner_of_frame
+from sam3.distributed.frame_shard import LocalFrameGroup, PackedLayout, build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
 
 
@@ -35,16 +29,30 @@ def test_layout_arithmetic_and_error():
         FrameGroupLayout(world_size=6, group_size=4)
 
 
-def test_single_process_sharder_needs_no_communication():
-    sharder = FrameSharder(frame_group_size=None)
-    assert (sharder.group_size, sharder.group_rank, sharder.group) == (1, 0, None)
-    received, handle = sharder.all_gather_async(torch.ones(3))
-    assert handle is None and torch.equal(received[0], torch.ones(3))
-    assert sharder.my_frames(4) == [0, 1, 2, 3]
+def test_single_process_group_needs_no_communication():
+    group = build_frame_group(frame_group_size=None)
+    assert isinstance(group, LocalFrameGroup) and (group.group_size, group.group_rank) == (1, 0)
+    buffer = group.new_buffer()
+    group.gather_into(buffer, [3], {"value": torch.ones(3)})
+    assert torch.equal(buffer.get(3)["value"], torch.ones(3))
+    assert group.my_frames(4) == [0, 1, 2, 3]
+
+
+def _mixed_tensors(seed: int) -> dict[str, torch.Tensor]:
+    """Tensors a float32 buffer cannot carry exactly: int64 above 2**24, bf16, odd byte counts."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "logits": torch.randn(2, 5, 1, generator=g),
+        "mask": torch.rand(2, 3, 3, generator=g) > 0.5,
+        "ids": torch.arange(3) + 2**40 + seed,
+        "scores_bf16": torch.randn(7, generator=g).bfloat16(),
+        "byte": torch.tensor(seed % 256, dtype=torch.uint8),
+        "half": torch.randn(3, generator=g).half(),
+    }
 
 
 def test_packed_layout_round_trip():
-    tensors = {"logits": torch.randn(2, 5, 1), "mask": torch.rand(2, 3, 3) > 0.5, "ids": torch.arange(4)}
+    tensors = _mixed_tensors(0)
     layout = PackedLayout.of(tensors)
     unpacked = layout.unpack(layout.pack(tensors))
     for name, tensor in tensors.items():
@@ -52,23 +60,21 @@ def test_packed_layout_round_trip():
 
 
 def _gather_chunks(frame_group_size, num_frames):
-    sharder = FrameSharder(frame_group_size)
-    buffer = AsyncFrameBuffer()
-    layout = PackedLayout.of({"value": torch.zeros(2), "frame": torch.zeros((), dtype=torch.int64)})
+    group = build_frame_group(frame_group_size)
+    buffer = group.new_buffer()
     read = {}
-    for chunk_start in range(0, num_frames, sharder.group_size):
-        chunk = [chunk_start + r if chunk_start + r < num_frames else None for r in range(sharder.group_size)]
-        mine = chunk[sharder.group_rank]
+    for chunk_start in range(0, num_frames, group.group_size):
+        chunk = [chunk_start + r if chunk_start + r < num_frames else None for r in range(group.group_size)]
+        mine = chunk[group.group_rank]
         frame = mine if mine is not None else chunk_start  # ranks past the end send a duplicate, dropped
-        tensors = {"value": torch.full((2,), 10.0 * sharder.group_idx + frame), "frame": torch.tensor(frame)}
-        received, handle = sharder.all_gather_async(layout.pack(tensors))
-        buffer.put_chunk(chunk, received, handle, layout)
+        tensors = {"value": torch.full((2,), 10.0 * group.group_idx + frame), "frame": torch.tensor(frame)}
+        group.gather_into(buffer, chunk, tensors)
         for t in (t for t in chunk if t is not None):
             got = buffer.get(t)
             read[t] = (got["value"].tolist(), int(got["frame"]))
         buffer.evict([t for t in chunk if t is not None])
     assert len(buffer) == 0
-    return sharder.group_idx, sharder.group_rank, read
+    return group.group_idx, group.group_rank, read
 
 
 @pytest.mark.slow
@@ -81,10 +87,30 @@ def test_async_buffer_gathers_every_frame_in_groups():
             assert frame == t and value == [10.0 * group_idx + t] * 2
 
 
+def _gather_mixed_dtypes():
+    group = build_frame_group(None)
+    buffer = group.new_buffer()
+    group.gather_into(buffer, list(range(group.group_size)), _mixed_tensors(group.group_rank))
+    return {r: buffer.get(r) for r in range(group.group_size)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_mixed_dtypes_arrive_exact_in_their_own_dtype():
+    for received in run_on_local_ranks(_gather_mixed_dtypes, 3, timeout_s=100):
+        for group_rank, tensors in received.items():
+            expected = _mixed_tensors(group_rank)
+            assert list(tensors) == list(expected)
+            for name, tensor in expected.items():
+                got = tensors[name]
+                assert (got.dtype, got.shape) == (tensor.dtype, tensor.shape), name
+                assert torch.equal(got, tensor), name
+
+
 def _gather_with_grad():
-    sharder = FrameSharder(None)
-    x = torch.tensor([float(sharder.group_rank + 1)], requires_grad=True)
-    gathered = sharder.all_gather_with_grad(x * 2)
+    group = build_frame_group(None)
+    x = torch.tensor([float(group.group_rank + 1)], requires_grad=True)
+    gathered = group.all_gather_with_grad(x * 2)
     # loss = sum_r (r+1) * gathered[r]; d loss / d x_mine = 2 * (my_rank + 1) summed over ranks' losses.
     loss = sum((r + 1) * g.sum() for r, g in enumerate(gathered))
     loss.backward()

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sam3.data.synthetic import generate_dataset
-from sam3.distributed.frame_shard import FrameSharder
+from sam3.distributed.frame_shard import build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.eval.evaluate import EvalConfig, evaluate, index_to_veval_gt
 from sam3.eval.saco_format import parse_ground_truth
@@ -32,11 +32,11 @@ def _run_evaluate(dataset_root: Path, out_path: Path, frame_group_size: int | No
     overrides = [*DETERMINISTIC_OVERRIDES, f"paths.dataset_root={dataset_root}", "data.image_size=56"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("demo_shapes_video", overrides=overrides)
-    sharder = FrameSharder(frame_group_size)
+    group = build_frame_group(frame_group_size)
     torch.manual_seed(0)
-    model = instantiate(cfg.model, frame_sharder=sharder)
-    dataset = instantiate(cfg.data.val, group_size=sharder.group_size, group_rank=sharder.group_rank, _convert_="all")
-    return evaluate(model, dataset, sharder, out_path=out_path, config=EvalConfig(min_score=0.01))
+    model = instantiate(cfg.model)
+    dataset = instantiate(cfg.data.val, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
+    return evaluate(model, dataset, group, out_path=out_path, config=EvalConfig(min_score=0.01))
 
 
 def _record_key(record: dict) -> tuple:

@@ -1,11 +1,13 @@
-"""Sam3ImageOnVideoMultiGPU in one process: training forward, placeholder frames, chunked inference."""
+"""Sam3ImageOnVideoMultiGPU and VideoGroundingRunner in one process: training forward, placeholder frames,
+chunked inference."""
 
 import pytest
 import torch
 
 from sam3.data.collate import collate_clips
+from sam3.distributed.frame_shard import LocalFrameGroup
+from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.model.sam3_image import Sam3Image
-from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
 from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
 from sam3.train.step import forward_backward
 
@@ -14,7 +16,7 @@ CONFIG = CheckConfig(num_frames=3, image_size=56)
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(CONFIG, frame_sharder=None)
+    return build_model(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +61,15 @@ def _per_frame_reference(model, clip):
 @pytest.mark.parametrize("gather_backbone_out", [False, True])
 def test_video_inference_equals_the_image_model_frame_by_frame(model, clip, reverse, gather_backbone_out):
     reference = _per_frame_reference(model, clip)
-    video = build_model(CONFIG, frame_sharder=None)  # same seed, same weights
-    video.gather_backbone_out = gather_backbone_out
+    video = build_model(CONFIG).eval()  # same seed, same weights
+    runner = VideoGroundingRunner(video, LocalFrameGroup(), gather_backbone_out=gather_backbone_out)
     order = []
 
     def load(t):
         order.append(t)
         return clip.images[t]
 
-    outputs = video.eval().forward_video_grounding_multigpu(load, clip.num_frames, clip.prompts, reverse=reverse)
+    outputs = dict(runner.run(load, clip.num_frames, clip.prompts, reverse=reverse))
     assert order == sorted(order, reverse=reverse) and sorted(outputs) == list(range(clip.num_frames))
     for t, tensors in outputs.items():
         for key in ("pred_logits", "pred_boxes", "pred_masks"):
@@ -78,26 +80,15 @@ def test_postprocess_hook_runs_before_the_gather(model, clip):
     def keep_scores(frame_idx, tensors):
         return {"scores": tensors["pred_logits"].sigmoid().squeeze(-1), "frame": torch.tensor(frame_idx)}
 
-    outputs = model.eval().forward_video_grounding_multigpu(
-        lambda t: clip.images[t], clip.num_frames, clip.prompts, postprocess=keep_scores
-    )
+    runner = VideoGroundingRunner(model.eval(), LocalFrameGroup())
+    outputs = dict(runner.run(lambda t: clip.images[t], clip.num_frames, clip.prompts, postprocess=keep_scores))
     assert set(outputs[1]) == {"scores", "frame"} and int(outputs[1]["frame"]) == 1
 
 
-def test_gathered_training_outputs_hold_every_frame(model, clip):
-    batch = collate_clips([clip])
-    outputs = model.eval()(batch)
-    buffer = model.gather_frame_outputs(batch, outputs)
-    for t in range(clip.num_frames):
-        got = buffer.get((0, t))["pred_logits"]
-        torch.testing.assert_close(got, outputs.pred_logits[t * len(clip.prompts) : (t + 1) * len(clip.prompts)])
-
-
-def test_no_frames_and_no_frame_shape_is_a_clear_error(clip):
+def test_no_frames_and_no_frame_shape_is_a_clear_error(model, clip):
     class LoneRank:  # group rank 1 of 2 in a one-frame video: owns nothing
         group_size, group_rank = 2, 1
 
-    video = build_model(CONFIG, frame_sharder=None)
-    video.frame_sharder = LoneRank()
+    runner = VideoGroundingRunner(model.eval(), LoneRank())
     with pytest.raises(ValueError, match="frame_shape"):
-        next(video.eval().iter_video_grounding(lambda t: clip.images[t], 1, clip.prompts))
+        next(runner.run(lambda t: clip.images[t], 1, clip.prompts))
