@@ -12,7 +12,7 @@ import sam3.train.trainer as trainer_module
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.train.checkpoint import list_checkpoints, load_checkpoint
 from sam3.train.entry import build_trainer, run
-from tests.train.conftest import deterministic, tiny_run_config
+from tests.helpers import deterministic, tiny_run_config
 
 CPU = torch.device("cpu")
 
