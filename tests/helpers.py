@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from pycocotools import mask as coco_mask
 
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
+from sam3.train.entry import build_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -43,6 +45,13 @@ def tiny_run_config(run_dir: Path, dataset_root: Path, *overrides: str, config_n
 def deterministic(*overrides: str) -> list[str]:
     """Overrides for exact comparisons: no dropout / drop-path, uniform mask points."""
     return [*DETERMINISTIC_OVERRIDES, "+loss.masks.importance_sample_ratio=0.0", *overrides]
+
+
+def train_weights(cfg) -> dict[str, torch.Tensor]:
+    """Runs `cfg` in this process on CPU and returns the final model state dict."""
+    trainer = build_trainer(cfg, torch.device("cpu"))
+    trainer.run()
+    return trainer.model.state_dict()
 
 
 # ------------------------------------------------------------------------- synthetic SA-Co/VEval data
