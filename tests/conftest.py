@@ -1,4 +1,4 @@
-"""Fixtures for the whole suite: reference data and a generated shapes dataset."""
+"""Fixtures for the whole suite (reference data, a generated shapes dataset) and the `gpu` marker's skip."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from sam3.data.synthetic import generate_dataset
 from tests.helpers import REFERENCE_DIR
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` skip, with the reason, where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked gpu: needs a CUDA device, none is available")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
