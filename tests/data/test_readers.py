@@ -13,11 +13,8 @@ from sam3.data.readers import load_annotations
 from sam3.ops.masks import rle_decode
 
 
-def test_toy_saco_veval_gt_counts(reference_dir):
-    path = reference_dir / "veval_toy" / "toy_saco_veval_sav_test_gt.json"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    index = load_annotations(path)
+def test_toy_saco_veval_gt_counts(veval_toy_dir):
+    index = load_annotations(veval_toy_dir / "toy_saco_veval_sav_test_gt.json")
     assert index.format == "saco_veval"
     counts = index.counts()
     assert counts["videos"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sam3.eval.coco import coco_ap, image_cgf1
-from tests.eval.conftest import encode, ellipse
+from tests.helpers import ellipse, encode
 
 
 def _gt() -> dict:

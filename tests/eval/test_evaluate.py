@@ -17,8 +17,7 @@ from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.eval.evaluate import EvalConfig, evaluate, index_to_veval_gt
 from sam3.eval.saco_format import parse_ground_truth
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from tests.helpers import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions
-from tests.eval.conftest import gt_as_predictions
+from tests.helpers import gt_as_predictions
 
 
 def test_errors_name_the_record(veval_gt):

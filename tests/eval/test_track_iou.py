@@ -6,7 +6,7 @@ import numpy as np
 
 from sam3.eval.saco_format import Masklet
 from sam3.eval.track_iou import frame_box_iou, masklet_box_iou, masklet_mask_iou
-from tests.eval.conftest import HEIGHT, NUM_FRAMES, WIDTH, encode, ellipse
+from tests.helpers import HEIGHT, NUM_FRAMES, WIDTH, ellipse, encode
 
 
 def _masklet(masks: list, masklet_id: int) -> Masklet:

@@ -12,7 +12,7 @@ import pytest
 
 from sam3.eval.saco_format import parse_ground_truth, parse_predictions
 from sam3.eval.veval import evaluate_veval, evaluate_veval_files, main
-from tests.eval.conftest import gt_as_predictions
+from tests.helpers import gt_as_predictions
 
 AP_HOTA_KEYS = [
     f"video_{kind}_{name}"
@@ -103,8 +103,8 @@ def test_synthetic_case_reproduces_sam3_results():
     _assert_same_results(ours, json.loads((data / "veval_case_res_sam3_0.1.4.json").read_text()))
 
 
-def test_toy_files_reproduce_sam3_results(reference_dir, tmp_path):
-    toy = reference_dir / "veval_toy"
+def test_toy_files_reproduce_sam3_results(veval_toy_dir, tmp_path):
+    toy = veval_toy_dir
     out_file = tmp_path / "res.json"
     start = time.perf_counter()
     main(["--gt", str(toy / "toy_saco_veval_sav_test_gt.json"), "--pred", str(toy / "toy_saco_veval_sav_test_pred.json"), "--out", str(out_file)])

@@ -21,7 +21,7 @@ from submitit.helpers import DelayedSubmission
 
 from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, read_requeues, submit
 from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
-from tests.train.conftest import TINY_OVERRIDES, tiny_run_config
+from tests.helpers import TINY_OVERRIDES, tiny_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # long enough (about 0.5 s a step) to interrupt a run in its middle

@@ -218,7 +218,7 @@ def test_mask_points_depend_on_step_only_through_the_key(problem) -> None:
     assert criterion(outputs, other_clip, norm, step=3)[1]["loss_mask"].item() != a.item()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_equals_cpu(problem) -> None:
     outputs, targets = problem(seed=11, num_pairs=8, mask_size=8, target_mask_size=16)
     criterion = _criterion()

@@ -1,7 +1,7 @@
 """Our backbone against Meta's official SAM3: the full preset's keys and shapes against the
 manifest (meta device, no memory), and outputs on SEEDED_INIT_V1 weights and FIXED_INPUT_V1.
 
-The reference tensors (`../shared/reference/sam3_image_seeded_outputs.pt`) were produced by the
+The reference tensors (`tests/assets/reference/sam3_image_seeded_outputs.pt`) were produced by the
 official package; see `../shared/tools/official_reference.py` for how each one is pooled or cropped.
 """
 

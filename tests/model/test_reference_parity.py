@@ -16,16 +16,15 @@ import pytest
 import torch
 
 from sam3.tools.reference_forward import build_seeded_model, reference_forward
-from tests.conftest import require_shared
+from tests.helpers import REFERENCE_DIR
 
 REL_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def outputs():
-    reference_dir = require_shared("reference")
-    official = torch.load(reference_dir / "sam3_image_seeded_outputs.pt", weights_only=True)
-    model = build_seeded_model(0, manifest_path=reference_dir / "sam3_image_state_dict.tsv")
+    official = torch.load(REFERENCE_DIR / "sam3_image_seeded_outputs.pt", weights_only=True)
+    model = build_seeded_model(0, manifest_path=REFERENCE_DIR / "sam3_image_state_dict.tsv")
     ours, timing = reference_forward(model)
     return ours, official["tensors"], timing, official["timing"]
 

@@ -21,7 +21,7 @@ import torch
 
 from sam3.demo import generate_demo_data
 from sam3.train.entry import build_trainer
-from tests.train.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 
 CURVE = Path(__file__).resolve().parents[1] / "assets" / "losses" / "demo_shapes_video_30_steps.json"
 NUM_STEPS = 30

@@ -21,16 +21,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from sam3.data.synthetic import generate_dataset
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
+from tests.helpers import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MIN_MAP = 0.9
 # The videos: the generator's usual content (2-4 moving shapes of several colours per video, phrases
 # with several instances, 3 negative phrases per video), 4 frames of 84 px. With 8 frames the same

@@ -1,5 +1,5 @@
-"""Trainer behaviour on the tiny model: exact resume after a crash, gradient accumulation, eval-only
-mode, non-finite losses, and a real 2-rank gloo run."""
+"""Trainer behaviour on the tiny model: gradient accumulation, eval-only mode, non-finite losses, and a
+real 2-rank gloo run (exact resume after a crash: `test_checkpoint.py`)."""
 
 from __future__ import annotations
 
@@ -10,58 +10,19 @@ import torch
 
 import sam3.train.trainer as trainer_module
 from sam3.distributed.local_spawn import run_on_local_ranks
-from sam3.train.checkpoint import list_checkpoints, load_checkpoint
+from sam3.train.checkpoint import list_checkpoints
 from sam3.train.entry import build_trainer, run
-from tests.train.conftest import deterministic, tiny_run_config
+from tests.helpers import deterministic, tiny_run_config, train_weights
 
 CPU = torch.device("cpu")
-
-
-def _train(cfg) -> dict:
-    trainer = build_trainer(cfg, CPU)
-    trainer.run()
-    return trainer.model.state_dict()
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes_root, monkeypatch):
-    overrides = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "data.val=null"]
-    reference = _train(tiny_run_config(tmp_path / "uninterrupted", shapes_root, *overrides))
-
-    crashing_dir = tmp_path / "crashed"
-    real_step = trainer_module.forward_backward
-    calls = {"n": 0}
-
-    def crash_on_fourth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 4")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "forward_backward", crash_on_fourth_step)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tiny_run_config(crashing_dir, shapes_root, *overrides))
-    assert [p.name for p in list_checkpoints(crashing_dir)] == ["step_00000002.pt"]
-    monkeypatch.setattr(trainer_module, "forward_backward", real_step)
-
-    resumed = _train(tiny_run_config(crashing_dir, shapes_root, *overrides))
-    _assert_same_weights(resumed, reference)
-    assert load_checkpoint(list_checkpoints(crashing_dir)[-1])["step"] == 4
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shapes_root):
     common = deterministic("trainer.max_steps=1", "data.val=null", "data.train.augment=null")
-    big = _train(tiny_run_config(tmp_path / "big", shapes_root, *common, "data.clips_per_batch=2"))
-    accumulated = _train(
+    big = train_weights(tiny_run_config(tmp_path / "big", shapes_root, *common, "data.clips_per_batch=2"))
+    accumulated = train_weights(
         tiny_run_config(tmp_path / "acc", shapes_root, *common, "data.clips_per_batch=1", "trainer.grad_accum_steps=2")
     )
     for name in big:

@@ -1,0 +1,48 @@
+"""Every experiment config (`configs/*.yaml`, what `--config-name` finds) composes with the tiny model and
+builds what `train.py` builds: typed sections, model with its starting weights, loss, data, evaluation,
+optimizer, and the SLURM launcher's section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam3.launch.slurm import SlurmConfig
+from sam3.train.entry import build_trainer
+from sam3.train.optim import build_optimizer
+from tests.helpers import CONFIG_DIR, tiny_run_config
+
+EXPERIMENTS = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A bare state dict of the tiny image model, as starting weights (`paths.checkpoint`)."""
+    torch.manual_seed(1)
+    state = instantiate(OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(state, path)
+    return path, state
+
+
+def test_the_experiments_are_found():
+    assert {"demo_shapes_video", "roboflow_video_ft", "roboflow_video_eval"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny_weights):
+    path, state = tiny_weights
+    cfg = tiny_run_config(tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", config_name=name)
+    trainer = build_trainer(cfg, torch.device("cpu"))
+    assert trainer.model.state_dict().keys() == state.keys()
+    # parameters come from the checkpoint; RoPE tables are recomputed for the input size
+    assert [k for k, p in trainer.model.named_parameters() if not torch.equal(p, state[k])] == []
+    assert (trainer.train_loader is None) == (trainer.config.mode == "eval")
+    assert trainer.evaluate_fn is not None
+    build_optimizer(trainer.model, trainer.optim_config)
+    slurm = tiny_run_config(tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", config_name=name)
+    assert SlurmConfig.from_cfg(slurm).nodes >= 1

@@ -1,0 +1,110 @@
+"""Helpers the tests share: paths in the checkout, the tiny run config, a synthetic SA-Co/VEval ground truth.
+
+Fixtures stay in the `conftest.py` files; test modules import plain functions and constants from here
+(`from tests.helpers import ...`), never from a conftest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from pycocotools import mask as coco_mask
+
+from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
+from sam3.train.entry import build_trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+# Meta's state-dict manifests and seed-0 outputs, copied from the shared reference (see its README.md).
+REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference"
+
+# ------------------------------------------------------------------------------------- tiny run config
+# The demo config shrunk for tests: 56 px, 2-frame clips, few prompts and mask points.
+TINY_OVERRIDES = [
+    "data.image_size=56",
+    "data.clip_len=2",
+    "data.clips_per_batch=1",
+    "data.train.prompts.max_prompts=2",
+    "loss.masks.num_points=64",
+    "trainer.log_every=1",
+    "trainer.eval_at_start=false",
+    "optim.schedule.warmup_steps=1",
+]
+
+
+def tiny_run_config(run_dir: Path, dataset_root: Path, *overrides: str, config_name: str = "demo_shapes_video"):
+    """An experiment config with the tiny model, `TINY_OVERRIDES`, a run directory and a dataset."""
+    base = [f"run_dir={run_dir}", f"paths.dataset_root={dataset_root}", "model=tiny", *TINY_OVERRIDES]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=[*base, *overrides])
+
+
+def deterministic(*overrides: str) -> list[str]:
+    """Overrides for exact comparisons: no dropout / drop-path, uniform mask points."""
+    return [*DETERMINISTIC_OVERRIDES, "+loss.masks.importance_sample_ratio=0.0", *overrides]
+
+
+def train_weights(cfg) -> dict[str, torch.Tensor]:
+    """Runs `cfg` in this process on CPU and returns the final model state dict."""
+    trainer = build_trainer(cfg, torch.device("cpu"))
+    trainer.run()
+    return trainer.model.state_dict()
+
+
+# ------------------------------------------------------------------------- synthetic SA-Co/VEval data
+HEIGHT, WIDTH, NUM_FRAMES = 32, 48, 6
+
+
+def ellipse(cx: float, cy: float, a: float, b: float) -> np.ndarray:
+    """(HEIGHT, WIDTH) bool filled ellipse."""
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    return ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+
+
+def encode(mask: np.ndarray) -> dict:
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def make_veval_gt(seed: int = 0) -> dict:
+    """Two videos, three phrases with 1-2 moving ellipses each (some frames absent), two negative pairs."""
+    rng = np.random.default_rng(seed)
+    videos = [
+        {"id": v, "file_names": [f"v{v}/{t:05d}.jpg" for t in range(NUM_FRAMES)], "height": HEIGHT, "width": WIDTH}
+        for v in (3, 8)
+    ]
+    annotations, ann_id = [], 11
+    for video in videos:
+        for category in (1, 2, 4):
+            for _ in range(int(rng.integers(1, 3))):
+                cx, cy = rng.uniform(8, WIDTH - 8), rng.uniform(6, HEIGHT - 6)
+                a, b = rng.uniform(3, 7), rng.uniform(3, 6)
+                dx, dy = rng.uniform(-1.5, 1.5), rng.uniform(-1, 1)
+                absent = set(rng.choice(NUM_FRAMES, size=int(rng.integers(0, 2)), replace=False).tolist())
+                segs = [None if t in absent else encode(ellipse(cx + dx * t, cy + dy * t, a, b)) for t in range(NUM_FRAMES)]
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "video_id": video["id"],
+                        "category_id": category,
+                        "segmentations": segs,
+                        "bboxes": [None if s is None else coco_mask.toBbox(s).tolist() for s in segs],
+                        "areas": [None if s is None else float(coco_mask.area(s)) for s in segs],
+                        "iscrowd": 0,
+                    }
+                )
+                ann_id += 1
+    pairs = sorted({(a["video_id"], a["category_id"]) for a in annotations})
+    np_pairs = [{"video_id": v, "category_id": c} for v, c in pairs]
+    np_pairs += [{"video_id": 3, "category_id": 5}, {"video_id": 8, "category_id": 6}]
+    categories = [{"id": i, "name": f"phrase {i}"} for i in range(1, 7)]
+    return {"videos": videos, "annotations": annotations, "categories": categories, "video_np_pairs": np_pairs}
+
+
+def gt_as_predictions(gt: dict, score: float = 0.9) -> list[dict]:
+    """Every ground-truth masklet as a prediction with the given score."""
+    keys = ("video_id", "category_id", "bboxes", "segmentations", "areas")
+    return [{**{k: ann[k] for k in keys}, "score": score} for ann in gt["annotations"]]
