@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
-from sam3.train.entry import check_required, run
+from sam3.train.entry import check_config, run
 from sam3.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """`cfg` with `run_dir` set, every interpolation resolved, as plain containers for pickling."""
-    check_required(cfg)
+    check_config(cfg)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir.resolve())
     return OmegaConf.to_container(cfg, resolve=True)

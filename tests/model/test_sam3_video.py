@@ -5,8 +5,13 @@ import torch
 
 from sam3.data.collate import collate_clips
 from sam3.model.sam3_image import Sam3Image
-from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
-from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
+from sam3.tools.check_frame_sharding import (
+    CheckConfig,
+    build_check_criterion,
+    build_check_model,
+    local_frames,
+    make_clip,
+)
 from sam3.train.step import forward_backward
 
 CONFIG = CheckConfig(num_frames=3, image_size=56)
@@ -14,7 +19,7 @@ CONFIG = CheckConfig(num_frames=3, image_size=56)
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(CONFIG, frame_sharder=None)
+    return build_check_model(CONFIG, frame_sharder=None)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def test_rank_without_frames_runs_a_zero_weight_step(model, clip):
     batch = collate_clips([local_frames(clip, [])])
     assert batch.num_local_frames == 0 and batch.num_pairs == 0
     model.train().zero_grad()
-    losses = forward_backward(model, build_criterion(), [batch], step=0, device=torch.device("cpu"))
+    losses = forward_backward(model, build_check_criterion(), [batch], step=0, device=torch.device("cpu"))
     assert losses.loss.item() == 0.0
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
@@ -59,7 +64,7 @@ def _per_frame_reference(model, clip):
 @pytest.mark.parametrize("gather_backbone_out", [False, True])
 def test_video_inference_equals_the_image_model_frame_by_frame(model, clip, reverse, gather_backbone_out):
     reference = _per_frame_reference(model, clip)
-    video = build_model(CONFIG, frame_sharder=None)  # same seed, same weights
+    video = build_check_model(CONFIG, frame_sharder=None)  # same seed, same weights
     video.gather_backbone_out = gather_backbone_out
     order = []
 
@@ -97,7 +102,7 @@ def test_no_frames_and_no_frame_shape_is_a_clear_error(clip):
     class LoneRank:  # group rank 1 of 2 in a one-frame video: owns nothing
         group_size, group_rank = 2, 1
 
-    video = build_model(CONFIG, frame_sharder=None)
+    video = build_check_model(CONFIG, frame_sharder=None)
     video.frame_sharder = LoneRank()
     with pytest.raises(ValueError, match="frame_shape"):
         next(video.eval().iter_video_grounding(lambda t: clip.images[t], 1, clip.prompts))

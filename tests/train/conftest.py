@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sam3.data.synthetic import generate_dataset
+from sam3.model_builder import config_dir
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The demo config shrunk for tests: 56 px, 2-frame clips, few prompts and mask points.
 TINY_OVERRIDES = [
     "data.image_size=56",
@@ -34,7 +34,7 @@ def shapes_root(tmp_path_factory) -> Path:
 def tiny_run_config(run_dir: Path, dataset_root: Path, *overrides: str):
     """The demo config with `TINY_OVERRIDES`, a run directory and a dataset."""
     base = [f"run_dir={run_dir}", f"paths.dataset_root={dataset_root}", *TINY_OVERRIDES]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("demo_shapes_video", overrides=[*base, *overrides])
 
 

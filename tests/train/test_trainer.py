@@ -10,7 +10,7 @@ import torch
 
 import sam3.train.trainer as trainer_module
 from sam3.distributed.local_spawn import run_on_local_ranks
-from sam3.train.checkpoint import list_checkpoints, load_checkpoint
+from sam3.train.checkpoint import list_checkpoints, load_training_state
 from sam3.train.entry import build_trainer, run
 from tests.train.conftest import deterministic, tiny_run_config
 
@@ -53,7 +53,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes_root, monkeypat
 
     resumed = _train(tiny_run_config(crashing_dir, shapes_root, *overrides))
     _assert_same_weights(resumed, reference)
-    assert load_checkpoint(list_checkpoints(crashing_dir)[-1])["step"] == 4
+    assert load_training_state(list_checkpoints(crashing_dir)[-1])["step"] == 4
 
 
 @pytest.mark.slow
