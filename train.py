@@ -18,11 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from sam3.train.entry import run
+from sam3.train.entry import check_config, run
 
 
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
 def main(cfg: DictConfig) -> Any:
+    try:
+        check_config(cfg)
+    except ValueError as error:  # a user's config mistake: the message says the fix, no traceback
+        raise SystemExit(f"train.py: {error}") from None
     if cfg.launcher.name == "slurm":  # submit instead of running here (sam3/launch/slurm.py)
         from sam3.launch.slurm import launch
 

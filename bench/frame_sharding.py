@@ -28,7 +28,13 @@ from sam3.distributed.frame_shard import build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.loss.normalization import LossNormalization
-from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
+from sam3.tools.check_frame_sharding import (
+    CheckConfig,
+    build_check_criterion,
+    build_check_model,
+    local_frames,
+    make_clip,
+)
 from sam3.train.step import forward_backward
 
 
@@ -38,9 +44,9 @@ def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
     group = build_frame_group(None)
     clip = make_clip(config, config.seed + 1)
     batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, group.group_size, group.group_rank))])
-    model = build_model(config).to(device)
+    model = build_check_model(config).to(device)
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if get_world_size() > 1 else model
-    criterion = build_criterion()
+    criterion = build_check_criterion()
     step_times = []
     for step in range(repeats + 1):  # the first step warms up
         _sync(device)
@@ -71,8 +77,8 @@ def per_frame_loop(config: CheckConfig, repeats: int, device_type: str) -> float
     """Baseline: every frame of the clip through the image model one after another, seconds per step."""
     device = torch.device(device_type)
     clip = make_clip(config, config.seed + 1)
-    model = build_model(config).to(device)
-    criterion = build_criterion()
+    model = build_check_model(config).to(device)
+    criterion = build_check_criterion()
     frames = [collate_clips([local_frames(clip, [t])]) for t in range(config.num_frames)]
     normalization = LossNormalization.local([f.targets for f in frames])
     times = []

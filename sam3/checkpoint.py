@@ -5,7 +5,8 @@ Layouts recognised (from the file's keys, after `torch.load(weights_only=True)`)
 - official: `{"model": {"detector.<image-model key>": ..., "tracker.<key>": ...}}`. `detector.` is
   stripped; `tracker.*` and `detector.backbone.vision_backbone.sam2_convs.*` (the video tracker and its
   neck) are recognised and reported as unused by the image model.
-- training: `{"model": state_dict, ...}` as written by our trainer (other entries ignored).
+- training: `{"model": state_dict, "model_config": {...}, ...}` as written by our trainer; the resolved
+  model config (`read_model_config`) lets tools rebuild the architecture; other entries are ignored.
 - bare: a state dict; ddp: a state dict whose keys all start with `module.`.
 
 Every other missing, unexpected or mis-shaped key raises (`strict=False` downgrades that to a
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 OFFICIAL_MODEL_PREFIX = "detector."
 OFFICIAL_UNUSED_PREFIXES = ("tracker.", "detector.backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
+MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section
 ROPE_SUFFIX = "freqs_cis"
 ROPE_ATOL = 1e-4
 _MAX_LISTED = 10
@@ -96,21 +98,19 @@ def map_checkpoint_keys(keys: Iterable[str]) -> KeyMapping:
     return KeyMapping("bare", {k: k for k in keys}, [])
 
 
+def read_model_config(path: str | Path) -> dict | None:
+    """The resolved `model` config a training checkpoint was written with; None for other layouts."""
+    obj = _load(path)
+    return obj.get(MODEL_CONFIG_KEY) if isinstance(obj, Mapping) else None
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Load a checkpoint file's flat state dict with `weights_only=True`.
 
     Returns:
         the state dict and whether it was wrapped under `model` (official and training layouts).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     wrapped = isinstance(obj.get("model"), Mapping)
@@ -125,7 +125,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     return state_dict, wrapped
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = True) -> LoadReport:
+def load_sam3_weights(model: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = True) -> LoadReport:
     """Load a checkpoint file into a model (see the module docstring for the layouts).
 
     Args:
@@ -149,7 +149,7 @@ def load_state_dict(
     source: str = "<state dict>",
     wrapped: bool = False,
 ) -> LoadReport:
-    """Load an in-memory state dict of any recognised layout; see `load_checkpoint`."""
+    """Load an in-memory state dict of any recognised layout; see `load_sam3_weights`."""
     mapping = map_checkpoint_keys(state_dict)
     layout = "training" if wrapped and mapping.layout == "bare" else mapping.layout
     report = LoadReport(source=source, layout=layout, known_unused=list(mapping.known_unused))
@@ -197,6 +197,19 @@ def load_state_dict(
         len(report.rope_checked),
     )
     return report
+
+
+def _load(path: str | Path) -> object:
+    """`torch.load` with `weights_only=True`, memory-mapped when the file format allows it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
 def _check_rope(model: nn.Module, key: str, table: torch.Tensor, report: LoadReport) -> None:

@@ -32,8 +32,9 @@ from sam3.data.synthetic import generate_dataset
 from sam3.distributed.frame_shard import LocalFrameGroup
 from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.eval.visualize import denormalize_image, draw_frame, save_png, strip
+from sam3.model_builder import build_model, config_dir
 from sam3.ops.boxes import box_cxcywh_to_xyxy, denormalize_boxes
-from sam3.train.checkpoint import latest_checkpoint, load_checkpoint
+from sam3.train.checkpoint import latest_checkpoint
 
 logger = logging.getLogger("sam3.demo")
 
@@ -145,10 +146,9 @@ def _print_rows(rows: list[tuple[int, dict[str, float]]]) -> None:
 def _prediction_strip(run_dir: Path, overrides: list[str], video_idx: int = 0, per_frame: int = 2) -> Path:
     """The final model's best `per_frame` detections of a held-out video's first positive phrase, frame
     by frame, each labelled with its score (drawn whatever the score, to show what the model sees)."""
-    with initialize_config_dir(str(REPO_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose(CONFIG_NAME, overrides=overrides)
-    model = instantiate(cfg.model).eval()
-    model.load_state_dict(load_checkpoint(latest_checkpoint(run_dir))["model"])
+    model = build_model(None, video=True, checkpoint=latest_checkpoint(run_dir)).eval()
     dataset = instantiate(cfg.data.val, _convert_="all")
     sample = dataset[(0, video_idx)]
     prompt = next(p for p, positive in zip(sample.prompts, sample.is_positive) if positive)

@@ -4,22 +4,19 @@ backbone, and refusal of missing, unexpected, mis-shaped keys and wrong RoPE tab
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from sam3.checkpoint import load_checkpoint, load_state_dict, map_checkpoint_keys
+from sam3.checkpoint import load_sam3_weights, load_state_dict, map_checkpoint_keys
+from sam3.model_builder import model_config
 from sam3.tools.seeded_init import read_manifest
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
 
 
 def build_tiny(seed: int):
     torch.manual_seed(seed)
-    return instantiate(OmegaConf.load(TINY).backbone).eval()
+    return instantiate(model_config("tiny").backbone).eval()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +51,7 @@ def test_released_layout_maps_onto_the_image_model(reference_dir):
 
 def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
     with torch.device("meta"):
-        backbone = instantiate(OmegaConf.load(TINY.with_name("sam3.yaml")).backbone)
+        backbone = instantiate(model_config("sam3").backbone)
     layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
     # Meta tensors carry shapes only; the RoPE tables' values are checked in the tiny tests.
     state = {
@@ -79,7 +76,7 @@ def test_ddp_and_bare_layouts_are_recognised():
 def test_bare_round_trip(source, target, tmp_path):
     path = tmp_path / "bare.pt"
     torch.save(source.state_dict(), path)
-    report = load_checkpoint(target, path)
+    report = load_sam3_weights(target, path)
     assert report.layout == "bare" and not report.problems
     assert_same_weights(source, target)
     images = torch.randn(1, 3, 224, 224)
@@ -92,7 +89,7 @@ def test_training_checkpoint_and_ddp_prefix(source, target, tmp_path):
     path = tmp_path / "train.pt"
     ddp_state = {f"module.{k}": v for k, v in source.state_dict().items()}
     torch.save({"model": ddp_state, "optimizer": {"state": {}, "param_groups": []}, "step": 7}, path)
-    report = load_checkpoint(target, path)
+    report = load_sam3_weights(target, path)
     assert report.layout == "ddp"
     assert_same_weights(source, target)
 
@@ -105,7 +102,7 @@ def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
     path = tmp_path / "sam3.pt"
     torch.save({"model": state}, path)
     with caplog.at_level(logging.INFO, logger="sam3.checkpoint"):
-        report = load_checkpoint(target, path, prefix="backbone.")
+        report = load_sam3_weights(target, path, prefix="backbone.")
     assert report.layout == "official"
     assert report.known_unused == [
         "detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight",
@@ -153,7 +150,7 @@ def test_non_state_dict_file_is_rejected(target, tmp_path):
     path = tmp_path / "bad.pt"
     torch.save({"model": {"a": 1}}, path)
     with pytest.raises(ValueError, match="is not a state dict"):
-        load_checkpoint(target, path)
+        load_sam3_weights(target, path)
 
 
 def test_builder_loads_the_backbone_part_of_a_full_model_checkpoint(source, tmp_path):
@@ -161,6 +158,5 @@ def test_builder_loads_the_backbone_part_of_a_full_model_checkpoint(source, tmp_
     state["encoder.layers.0.norm1.weight"] = torch.ones(64)  # the grounding head's weights
     path = tmp_path / "full.pt"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "step": 3}, path)
-    cfg = OmegaConf.load(TINY)
-    cfg.backbone.checkpoint_path = str(path)
+    cfg = model_config("tiny", [f"+backbone.checkpoint_path={path}"])
     assert_same_weights(source, instantiate(cfg.backbone))

@@ -195,8 +195,12 @@ def build_video_dataset(
     group_rank: int = 0,
     seed: int = 0,
     load_masks: bool = True,
+    missing_hint: str | None = None,
 ) -> VideoGroundingDataset:
-    """Reads an annotation file (any format) and wraps it as a dataset; arguments as in the pieces."""
+    """Reads an annotation file (any format) and wraps it as a dataset; arguments as in the pieces, and
+    `missing_hint`: how to obtain the data, said when the annotation file does not exist."""
+    if missing_hint is not None and not Path(annotations).is_file():
+        raise FileNotFoundError(f"annotation file {annotations} not found; {missing_hint}")
     index = load_annotations(annotations, format=format, on_error=on_error, is_exhaustive=is_exhaustive)
     transform = ClipTransform(image_size, augment=augment if train else None, letterbox=letterbox)
     return VideoGroundingDataset(

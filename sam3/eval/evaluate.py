@@ -63,6 +63,8 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     linking: LinkingConfig = LinkingConfig(),
     max_videos: int | None = None,
+    async_gather: bool = True,
+    gather_backbone_out: bool = False,
 ) -> dict[str, float]:
     """Evaluates `model` on the whole videos of `dataset`; every rank calls it.
 
@@ -76,6 +78,7 @@ def evaluate(
         config: detection selection before linking.
         linking: masklet linking rules.
         max_videos: evaluate only the first N videos (None = all).
+        async_gather, gather_backbone_out: the frame-group schedule (`VideoGroundingRunner`).
 
     Returns:
         The dataset-level metrics on rank 0 (`video_mask_mAP_50_95`, `video_mask_demo_cgf1_micro_50_95`,
@@ -90,7 +93,7 @@ def evaluate(
     lengths = [dataset.index.videos[i].length for i in range(num_videos)]
     my_videos = split_videos_for_eval(lengths, group.num_groups)[group.group_idx]
     records: list[dict[str, Any]] = []
-    runner = VideoGroundingRunner(model, group)
+    runner = VideoGroundingRunner(model, group, async_gather=async_gather, gather_backbone_out=gather_backbone_out)
     select = _TopDetections(config)
     for video_idx in my_videos:
         records += _video_records(runner, dataset, video_idx, device, select, config, linking)

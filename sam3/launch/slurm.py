@@ -38,7 +38,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from submitit.helpers import DelayedSubmission
 
-from sam3.train.entry import check_required, run
+from sam3.train.entry import check_config, run
 from sam3.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def read_requeues(run_dir: str | Path, job_id: str) -> int:
 
 def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """`cfg` with `run_dir` set, every interpolation resolved, as plain containers for pickling."""
-    check_required(cfg)
+    check_config(cfg)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir.resolve())
     return OmegaConf.to_container(cfg, resolve=True)

@@ -406,33 +406,6 @@ def _sum_per_head(values: torch.Tensor, head_idx: torch.Tensor, num_heads: int) 
     return torch.zeros(num_heads, dtype=values.dtype, device=values.device).index_add(0, head_idx, values)
 
 
-def build_criterion(
-    *,
-    cost_class: float = 2.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    stable_matching: bool = False,
-    o2m_alpha: float = 0.3,
-    o2m_threshold: float = 0.4,
-    o2m_topk: int = 4,
-    o2m_unique_queries: bool = False,
-    o2m_weight: float = 2.0,
-    weights: LossWeights = LossWeights(),
-    classification: ClassificationLoss = ClassificationLoss(),
-    masks: MaskLoss = MaskLoss(),
-    scale_by_sqrt_pairs: bool = False,
-) -> SetCriterion:
-    """The SAM3 training criterion with the official defaults; every knob can be overridden."""
-    return SetCriterion(
-        matcher=HungarianMatcher(
-            cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, stable=stable_matching
-        ),
-        o2m_matcher=OneToManyMatcher(
-            alpha=o2m_alpha, threshold=o2m_threshold, topk=o2m_topk, unique_queries=o2m_unique_queries
-        ),
-        weights=weights,
-        classification=classification,
-        masks=masks,
-        o2m_weight=o2m_weight,
-        scale_by_sqrt_pairs=scale_by_sqrt_pairs,
-    )
+def build_criterion() -> SetCriterion:
+    """The SAM3 training criterion with the official defaults (`configs/loss/sam3.yaml` spells them out)."""
+    return SetCriterion(matcher=HungarianMatcher(), o2m_matcher=OneToManyMatcher())

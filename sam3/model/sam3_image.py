@@ -13,8 +13,6 @@ its `presence_logit_dec` is the shared presence logit, the o2m set has no presen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -26,25 +24,6 @@ from sam3.model.seg_head import SegmentationHead
 from sam3.model.vl_backbone import VLBackbone
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import ClipBatch, DetectorOutput
-
-
-@dataclass
-class GroundingResult:
-    """`DetectorOutput` plus the intermediate states that parity checks and interactive use read.
-
-    Attributes:
-        output: the detector output over pairs.
-        encoder_states: (Npairs, H*W, C) fused image tokens.
-        prompt: (Npairs, L, C) prompt tokens (text then geometry); the encoder leaves them unchanged.
-        prompt_mask: (Npairs, L) bool, True marks padding.
-        presence_feats: (Npairs, 1, C) the presence token after the last decoder layer.
-    """
-
-    output: DetectorOutput
-    encoder_states: torch.Tensor
-    prompt: torch.Tensor
-    prompt_mask: torch.Tensor
-    presence_feats: torch.Tensor
 
 
 class Sam3Image(nn.Module):
@@ -73,9 +52,19 @@ class Sam3Image(nn.Module):
         self.backbone = backbone
         self.geometry_encoder = geometry_encoder
         self.transformer = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
-        _xavier_init_transformer(self.transformer)
         self.dot_prod_scoring = dot_prod_scoring
         self.segmentation_head = segmentation_head
+
+    def parts(self) -> dict[str, nn.Module | None]:
+        """The constructor arguments of this model (the modules themselves, not copies)."""
+        return {
+            "backbone": self.backbone,
+            "encoder": self.transformer["encoder"],
+            "decoder": self.transformer["decoder"],
+            "dot_prod_scoring": self.dot_prod_scoring,
+            "geometry_encoder": self.geometry_encoder,
+            "segmentation_head": self.segmentation_head,
+        }
 
     def forward(self, batch: ClipBatch, geometry: GeometryPrompts | None = None) -> DetectorOutput:
         """Runs backbone and grounding on a batch's frames and all their prompts.
@@ -99,18 +88,7 @@ class Sam3Image(nn.Module):
         pair_text_idx: torch.Tensor,
         geometry: GeometryPrompts | None = None,
     ) -> DetectorOutput:
-        """Grounds every (frame, prompt) pair; see `ground` for the arguments."""
-        return self.ground(vision, text, pair_frame_slot, pair_text_idx, geometry).output
-
-    def ground(
-        self,
-        vision: dict,
-        text: dict,
-        pair_frame_slot: torch.Tensor,
-        pair_text_idx: torch.Tensor,
-        geometry: GeometryPrompts | None = None,
-    ) -> GroundingResult:
-        """Runs the grounding head for every pair.
+        """Runs the grounding head for every (frame, prompt) pair.
 
         Args:
             vision: `VLBackbone.forward_image` output for F frames: `backbone_fpn` and `vision_pos_enc`,
@@ -122,7 +100,7 @@ class Sam3Image(nn.Module):
             geometry: optional box / point prompts per pair.
 
         Returns:
-            `GroundingResult` whose output holds pred_logits (Npairs, Q, 1), pred_boxes and
+            `DetectorOutput` with pred_logits (Npairs, Q, 1), pred_boxes and
             pred_boxes_xyxy (Npairs, Q, 4) normalised, presence_logit_dec (Npairs, 1), pred_masks
             (Npairs, Q, 4h, 4w) logits (h, w the token grid), queries (Npairs, Q, C), semantic_seg
             (Npairs, 1, 4h, 4w), aux_outputs for the D - 1 earlier decoder layers, and o2m in training.
@@ -160,13 +138,7 @@ class Sam3Image(nn.Module):
             o2m = slice(num_queries, None)
             output.o2m = _layer_outputs(logits, decoded.boxes_cxcywh, decoded.presence_logits, o2m)
             output.o2m.pred_masks = None if masks is None else masks[:, o2m]
-        return GroundingResult(
-            output=output,
-            encoder_states=states,
-            prompt=prompt,
-            prompt_mask=prompt_mask,
-            presence_feats=decoded.presence_feats,
-        )
+        return output
 
 
 def _layer_outputs(
@@ -192,9 +164,9 @@ def _layer_outputs(
     return last
 
 
-def _xavier_init_transformer(transformer: nn.Module) -> None:
+def init_transformer_weights(model: Sam3Image) -> None:
     """Xavier-uniform init of the encoder and decoder matrices, as the released model's training
     started from; the box head, learned queries and reference boxes keep their own init."""
-    for name, param in transformer.named_parameters():
+    for name, param in model.transformer.named_parameters():
         if param.dim() > 1 and not any(k in name for k in ("bbox_embed", "query_embed", "reference_points")):
             nn.init.xavier_uniform_(param)

@@ -77,6 +77,7 @@ class ViT(nn.Module):
                 f"img_size {img_size} and pretrain_img_size {pretrain_img_size} must be multiples of "
                 f"patch_size {patch_size}"
             )
+        self.img_size = img_size
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.use_act_checkpoint = use_act_checkpoint

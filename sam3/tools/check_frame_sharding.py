@@ -15,7 +15,6 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,22 +28,24 @@ from sam3.distributed.frame_shard import FrameGroup, LocalFrameGroup, build_fram
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
+from sam3.model_builder import build_model, build_sam3_video_model, config_dir
 from sam3.ops.boxes import box_xyxy_to_cxcywh
 from sam3.ops.masks import masks_to_boxes_xyxy
 from sam3.train.step import forward_backward
 
 logger = logging.getLogger("sam3.tools.check_frame_sharding")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-# Everything random in a training forward, switched off so that equality is exact up to float sums.
 NEGLIGIBLE_GRAD = 1e-6
-DETERMINISTIC_OVERRIDES = [
-    "model.backbone.vision_backbone.trunk.drop_path_rate=0.0",
-    "model.encoder.dropout=0.0",
-    "model.decoder.dropout=0.0",
-    "model.dot_prod_scoring.dropout=0.0",
-    "model.geometry_encoder.dropout=0.0",
+# Everything random in a training forward, switched off so that equality is exact up to float sums:
+# overrides of a model config, and the same as overrides of a run config.
+DETERMINISTIC_MODEL_OVERRIDES = [
+    "backbone.vision_backbone.trunk.drop_path_rate=0.0",
+    "encoder.dropout=0.0",
+    "decoder.dropout=0.0",
+    "dot_prod_scoring.dropout=0.0",
+    "geometry_encoder.dropout=0.0",
 ]
+DETERMINISTIC_OVERRIDES = [f"model.{override}" for override in DETERMINISTIC_MODEL_OVERRIDES]
 
 
 @dataclass(frozen=True)
@@ -90,21 +91,19 @@ class CheckResult:
         return max(self.loss, self.max_grad, self.negligible_grad, self.inference) < tolerance
 
 
-def build_model(config: CheckConfig) -> Sam3ImageOnVideoMultiGPU:
+def build_check_model(config: CheckConfig) -> Sam3ImageOnVideoMultiGPU:
     """The tiny video model with deterministic layers, identically initialised on every rank."""
-    overrides = [*DETERMINISTIC_OVERRIDES, f"model.backbone.vision_backbone.trunk.img_size={config.image_size}"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("demo_shapes_video", overrides=overrides)
+    overrides = [*DETERMINISTIC_MODEL_OVERRIDES, f"backbone.vision_backbone.trunk.img_size={config.image_size}"]
     torch.manual_seed(config.seed)
-    model = instantiate(cfg.model)
-    return model.train()
+    image_model = build_model("tiny", overrides=overrides)
+    return build_sam3_video_model(image_model=image_model).train()
 
 
-def build_criterion():
+def build_check_criterion():
     """The demo criterion with uniform mask points only: importance sampling keeps the top-k most
     uncertain candidates, a discontinuous choice that float noise between batchings can flip."""
     overrides = ["loss.masks.num_points=256", "+loss.masks.importance_sample_ratio=0.0"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("demo_shapes_video", overrides=overrides)
     return instantiate(cfg.loss)
 
@@ -174,8 +173,8 @@ def run_reference(config: CheckConfig) -> dict:
     """Loss, gradients and inference outputs of one process holding every frame of every clip."""
     num_groups = config.world_size // config.group_size
     clips = [make_clip(config, config.seed + 1 + g) for g in range(num_groups)]
-    model = build_model(config)
-    losses = forward_backward(model, build_criterion(), [collate_clips(clips)], 0, torch.device("cpu"))
+    model = build_check_model(config)
+    losses = forward_backward(model, build_check_criterion(), [collate_clips(clips)], 0, torch.device("cpu"))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
     inference = [_inference(model, LocalFrameGroup(), clip) for clip in clips]
@@ -188,9 +187,9 @@ def run_rank(config: CheckConfig) -> dict:
     clip = make_clip(config, config.seed + 1 + group.group_idx)
     mine = frames_of_rank(config.num_frames, group.group_size, group.group_rank)
     batch = collate_clips([local_frames(clip, mine)])
-    model = build_model(config)
+    model = build_check_model(config)
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
-    losses = forward_backward(ddp, build_criterion(), [batch], 0, torch.device("cpu"))
+    losses = forward_backward(ddp, build_check_criterion(), [batch], 0, torch.device("cpu"))
     total = losses.loss.clone()
     dist.all_reduce(total)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

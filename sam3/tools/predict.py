@@ -2,6 +2,8 @@
 
     python -m sam3.tools.predict --checkpoint sam3.pt --image street.jpg --prompt "red car" --out overlay.png
 
+The model is the one the checkpoint was trained with when it is one of our training checkpoints (they
+carry their model config), else the `--model` preset (default: the released size, `sam3`).
 Prints one line per detection (score and box in pixels, xyxy) and, with `--out`, writes the image
 with the detections' masks and boxes drawn on it. The image is resized to the model's square input
 without keeping its aspect ratio, as the released model expects; results are mapped back.
@@ -15,22 +17,29 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 
+from sam3.checkpoint import read_model_config
 from sam3.model.sam3_image import Sam3Image
+from sam3.model_builder import apply_runtime_policy, build_model, model_names
 
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "model" / "sam3.yaml"
+DEFAULT_MODEL = "sam3"
 COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
 
 
-def load_model(config: Path, checkpoint: Path | None, device: torch.device) -> tuple[Sam3Image, int]:
-    """The model of `config` in eval mode with `checkpoint` loaded, and its square input size."""
-    cfg = OmegaConf.load(config)
-    model = instantiate(cfg, checkpoint_path=None if checkpoint is None else str(checkpoint), eval_mode=True)
-    return model.to(device), int(cfg.backbone.vision_backbone.trunk.img_size)
+def load_model(checkpoint: Path, name: str | None, device: torch.device) -> tuple[Sam3Image, int]:
+    """The checkpoint's model in eval mode and its square input size.
+
+    Args:
+        checkpoint: official, bare, DDP or training checkpoint.
+        name: model preset; None takes the config stored in a training checkpoint, else `DEFAULT_MODEL`.
+        device: where the model goes.
+    """
+    if name is None and read_model_config(checkpoint) is None:
+        name = DEFAULT_MODEL
+    model = apply_runtime_policy(build_model(name, checkpoint=checkpoint), eval_mode=True)
+    return model.to(device), model.backbone.vision_backbone.trunk.img_size
 
 
 @torch.no_grad()
@@ -87,14 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--prompt", required=True, help='a noun phrase, e.g. "red car"')
     parser.add_argument("--out", type=Path, default=None, help="write the overlay image here")
-    parser.add_argument("--config", type=Path, default=PRESET, help="model preset YAML matching the checkpoint")
+    parser.add_argument(
+        "--model",
+        choices=model_names(),
+        default=None,
+        help=f"model preset of the checkpoint (default: a training checkpoint's own config, else {DEFAULT_MODEL})",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum detection score")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.image.is_file():
         parser.error(f"--image {args.image} does not exist")
-    model, input_size = load_model(args.config, args.checkpoint, torch.device(args.device))
+    model, input_size = load_model(args.checkpoint, args.model, torch.device(args.device))
     image = Image.open(args.image)
     detections = predict(model, image, args.prompt, input_size, args.threshold)
     print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")

@@ -19,29 +19,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from sam3.model.geometry_encoder import GeometryPrompts
 from sam3.model.sam3_image import Sam3Image
+from sam3.model_builder import apply_runtime_policy, build_model
 from sam3.tools.seeded_init import fixed_input, read_manifest, seeded_tensor
 
 logger = logging.getLogger(__name__)
 
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "model" / "sam3.yaml"
 PROMPT = "dog"
 BOXES_CXCYWH = [[0.45, 0.5, 0.4, 0.4], [0.76, 0.18, 0.26, 0.16]]
 BOX_LABELS = [True, False]
 CASES = ("text", "text_boxes")
 
 
-def build_seeded_model(seed: int, config_path: Path = PRESET, manifest_path: Path | None = None) -> Sam3Image:
+def build_seeded_model(seed: int, name: str = "sam3", manifest_path: Path | None = None) -> Sam3Image:
     """Builds the preset in eval mode and fills every float tensor with SEEDED_INIT_V1 for `seed`.
 
     RoPE tables (complex buffers) are the model's own. With `manifest_path`, the model's state dict
     must first equal the manifest key by key (shape and dtype).
     """
-    model = instantiate(OmegaConf.load(config_path), eval_mode=True)
+    model = apply_runtime_policy(build_model(name), eval_mode=True)
     state = model.state_dict(keep_vars=True)
     if manifest_path is not None:
         manifest = {k: (shape, dtype) for k, shape, dtype in read_manifest(manifest_path)}
@@ -82,17 +80,27 @@ def reference_forward(model: Sam3Image) -> tuple[dict[str, torch.Tensor], dict[s
         tensors[f"vision/fpn{i}_pool18"] = F.adaptive_avg_pool2d(level, 18)
         tensors[f"vision/fpn{i}_crop"] = level[0, :16, :16, :16]
 
+    # The encoder's inputs (prompt, mask; it leaves the prompt unchanged) and outputs, and the decoder's
+    # presence token, are read with hooks: the model's API returns only the detector output.
+    inner = {}
+    hooks = [
+        model.transformer["encoder"].register_forward_hook(
+            lambda _m, args, out: inner.update(prompt=args[2], prompt_mask=args[3], encoder_states=out)
+        ),
+        model.transformer["decoder"].register_forward_hook(
+            lambda _m, _args, out: inner.update(presence_feats=out.presence_feats)
+        ),
+    ]
     index = torch.zeros(1, dtype=torch.int64)
     for case in CASES:
         geometry = None
         if case == "text_boxes":
             geometry = GeometryPrompts.from_boxes(torch.tensor([BOXES_CXCYWH]), torch.tensor([BOX_LABELS]))
         start = time.perf_counter()
-        result = model.ground(vision, text, index, index, geometry)
+        out = model.forward_grounding(vision, text, index, index, geometry)
         timing[f"forward_grounding_{case}_s"] = time.perf_counter() - start
-        out = result.output
         grid = vision["backbone_fpn"][-1].shape[-2:]
-        states_map = result.encoder_states.transpose(1, 2).unflatten(2, grid)  # 1, C, H, W
+        states_map = inner["encoder_states"].transpose(1, 2).unflatten(2, grid)  # 1, C, H, W
         order = out.pred_logits[0, :, 0].argsort(descending=True)
         prefix = f"{case}/"
         tensors.update(
@@ -101,18 +109,20 @@ def reference_forward(model: Sam3Image) -> tuple[dict[str, torch.Tensor], dict[s
                 prefix + "pred_boxes": out.pred_boxes,
                 prefix + "pred_boxes_xyxy": out.pred_boxes_xyxy,
                 prefix + "presence_logit_dec": out.presence_logit_dec,
-                prefix + "presence_feats": result.presence_feats.transpose(0, 1),
+                prefix + "presence_feats": inner["presence_feats"].transpose(0, 1),
                 prefix + "queries": out.queries,
-                prefix + "prompt_after_enc": result.prompt.transpose(0, 1),
-                prefix + "prompt_mask": result.prompt_mask,
+                prefix + "prompt_after_enc": inner["prompt"].transpose(0, 1),
+                prefix + "prompt_mask": inner["prompt_mask"],
                 prefix + "encoder_hidden_states_pool18": F.adaptive_avg_pool2d(states_map, 18),
-                prefix + "encoder_hidden_states_first256": result.encoder_states.transpose(0, 1)[:256],
+                prefix + "encoder_hidden_states_first256": inner["encoder_states"].transpose(0, 1)[:256],
                 prefix + "pred_masks_pool36": F.adaptive_avg_pool2d(out.pred_masks, 36),
                 prefix + "pred_masks_top2_idx": order[:2],
                 prefix + "pred_masks_top2": out.pred_masks[0, order[:2]],
                 prefix + "semantic_seg": out.semantic_seg,
             }
         )
+    for hook in hooks:
+        hook.remove()
     return {k: v.detach().contiguous().clone() for k, v in tensors.items()}, timing
 
 
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="SEEDED_INIT_V1 seed")
     parser.add_argument("--out", type=Path, required=True, help="output .pt (keys 'tensors', 'timing', 'meta')")
-    parser.add_argument("--config", type=Path, default=PRESET, help="model preset YAML")
+    parser.add_argument("--model", default="sam3", help="model preset (configs/model/)")
     parser.add_argument("--manifest", type=Path, default=None, help="check the state dict against this manifest")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = build_seeded_model(args.seed, args.config, args.manifest)
+    model = build_seeded_model(args.seed, args.model, args.manifest)
     build_s = time.perf_counter() - start
     tensors, timing = reference_forward(model)
     timing["build_and_seed_s"] = build_s

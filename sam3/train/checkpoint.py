@@ -1,7 +1,8 @@
 """Training checkpoints: save on rank 0 atomically, keep the last K, resume on every rank.
 
 A checkpoint holds everything needed to continue bit-exactly: model, optimizer, scaler, step, epoch,
-sampler position and the RNG states of every rank (the LR schedule is a pure function of the step).
+sampler position and the RNG states of every rank (the LR schedule is a pure function of the step),
+plus the resolved model config (`model_config`), so tools rebuild the architecture the weights fit.
 Files are `RUN_DIR/checkpoints/step_XXXXXXXX.pt`, written to a temporary name and renamed, so a crash
 mid-write never leaves a truncated checkpoint that resume would pick up. Loading uses
 `weights_only=True`, so every value stored here is a tensor, number, string or container of those.
@@ -66,7 +67,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
     return path if get_rank() == 0 else None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Reads a training checkpoint with `weights_only=True`; a clear error if it is not one of ours."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

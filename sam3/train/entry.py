@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sam3.data.collate import collate_clips
@@ -24,24 +25,87 @@ from sam3.data.sampler import FrameGroupSampler
 from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
 from sam3.distributed.frame_shard import FrameGroup, build_frame_group
+from sam3.eval.evaluate import EvalConfig, evaluate
+from sam3.eval.linking import LinkingConfig
 from sam3.eval.visualize import PredictionStrip
+from sam3.model_builder import apply_runtime_policy
+from sam3.train.sections import build_section
 from sam3.train.trainer import Trainer, TrainerConfig
 
 logger = logging.getLogger(__name__)
 
-# Keys that must be set before any work, with how to set them.
-REQUIRED_PATHS = {
+# How to set the keys a user most often leaves unset.
+REQUIRED_HINTS = {
     "paths.checkpoint": "the starting weights, e.g. paths.checkpoint=/path/to/sam3.pt",
     "paths.dataset_root": "the folder of your annotation files, e.g. paths.dataset_root=/data/my_videos",
 }
+# The top level of a run config (configs/base.yaml and the experiments); anything else is a typo.
+TOP_LEVEL_KEYS = (
+    "model",
+    "video_model",
+    "data",
+    "loss",
+    "optim",
+    "trainer",
+    "launcher",
+    "seed",
+    "run_dir",
+    "device",
+    "paths",
+    "distributed",
+    "runtime",
+    "eval",
+)
 
 
-def check_required(cfg: DictConfig) -> None:
-    """Raises a ValueError naming every required key left unset (`???`) and how to set it."""
-    missing = [key for key in REQUIRED_PATHS if _is_missing(cfg, key)]
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """The `runtime:` section: how the built model runs (`sam3.model_builder.apply_runtime_policy`).
+
+    Attributes:
+        act_checkpoint: activation checkpointing on every part that supports it (acts in training only).
+        compile: `torch.compile` the image trunk, fusion encoder and decoder.
+    """
+
+    act_checkpoint: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSection:
+    """The `eval:` section: validation during and after training (`sam3.eval.evaluate.evaluate`).
+
+    Attributes:
+        score_thresh: operating point of cgF1, HOTA and TETA.
+        max_videos: evaluate only the first N validation videos (None = all).
+        selection: detections kept before linking.
+        linking: masklet linking rules.
+        async_gather: overlap each frame chunk's all-gather with the next chunk's compute.
+        gather_backbone_out: gather each frame's backbone features instead of its detector outputs.
+    """
+
+    score_thresh: float = 0.5
+    max_videos: int | None = None
+    selection: EvalConfig = EvalConfig()
+    linking: LinkingConfig = LinkingConfig()
+    async_gather: bool = True
+    gather_backbone_out: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", build_section(EvalConfig, self.selection, "eval.selection"))
+        object.__setattr__(self, "linking", build_section(LinkingConfig, self.linking, "eval.linking"))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raises a ValueError naming every required key left unset (`???`) and how to set it, or every
+    unknown top-level key; runs before any work."""
+    missing = _missing_keys(cfg)
     if missing:
-        lines = [f"  {key}: {REQUIRED_PATHS[key]}" for key in missing]
+        lines = [f"  {key}: {REQUIRED_HINTS.get(key, f'add {key}=VALUE to the command line')}" for key in missing]
         raise ValueError("required config values are not set; add them as overrides:\n" + "\n".join(lines))
+    unknown = sorted(set(cfg) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; valid keys: {list(TOP_LEVEL_KEYS)}")
 
 
 def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
@@ -50,7 +114,7 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
     `on_trainer(trainer)`, if given, is called once the trainer is built and before it runs (the SLURM
     launcher uses it to route preemption signals to `Trainer.request_checkpoint`).
     """
-    check_required(cfg)
+    check_config(cfg)
     owns_group = not is_distributed()  # a caller (e.g. a test spawner) may have set it up already
     dist_env = init_distributed() if owns_group else read_dist_env()
     try:
@@ -71,10 +135,12 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
 
 def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     """Instantiates frame group, model, criterion, data and evaluation from `cfg` (process group ready)."""
-    config = _trainer_config(cfg)
+    config = _section(cfg, "trainer", TrainerConfig)
+    runtime = _section(cfg, "runtime", RuntimeConfig)
     group = build_frame_group(cfg.distributed.frame_group_size)
     _seed_everything(int(cfg.seed))  # the same initial weights on every rank
-    model = instantiate(cfg.model).to(device)
+    model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
+    model = apply_runtime_policy(model, act_checkpoint=runtime.act_checkpoint, compile=runtime.compile).to(device)
     _seed_everything(int(cfg.seed) + group.rank)  # distinct dropout / drop-path streams per rank
     criterion = instantiate(cfg.loss).to(device)
     optim = instantiate(cfg.optim.optimizer, _convert_="all")
@@ -94,7 +160,8 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         run_dir=cfg.run_dir,
         device=device,
         weights_loaded=cfg.paths.get("checkpoint") is not None,
-        visualize=PredictionStrip(score_thresh=float(cfg.get("eval", {}).get("score_thresh", 0.5))),
+        visualize=PredictionStrip(score_thresh=_section(cfg, "eval", EvalSection).score_thresh),
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
     )
 
 
@@ -119,10 +186,7 @@ def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
 
 def build_evaluate(cfg: DictConfig, group: FrameGroup, device: torch.device):
     """`evaluate(model, step)` on the validation split, writing predictions under the run directory."""
-    from sam3.eval.evaluate import evaluate
-
     dataset = instantiate(cfg.data.val, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
-    eval_cfg = cfg.get("eval", {})
     return partial(
         _evaluate_at_step,
         evaluate=evaluate,
@@ -130,8 +194,7 @@ def build_evaluate(cfg: DictConfig, group: FrameGroup, device: torch.device):
         group=group,
         device=device,
         out_dir=Path(cfg.run_dir) / "eval",
-        score_thresh=float(eval_cfg.get("score_thresh", 0.5)),
-        max_videos=eval_cfg.get("max_videos"),
+        eval_cfg=_section(cfg, "eval", EvalSection),
     )
 
 
@@ -142,31 +205,40 @@ def write_configs(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _evaluate_at_step(model, step, *, evaluate, dataset, group, device, out_dir, score_thresh, max_videos):
+def _evaluate_at_step(model, step, *, evaluate, dataset, group, device, out_dir, eval_cfg: EvalSection):
     return evaluate(
         model,
         dataset,
         group,
         out_path=out_dir / f"predictions_step{step:08d}.json",
         device=device,
-        score_thresh=score_thresh,
-        max_videos=max_videos,
+        score_thresh=eval_cfg.score_thresh,
+        config=eval_cfg.selection,
+        linking=eval_cfg.linking,
+        max_videos=eval_cfg.max_videos,
+        async_gather=eval_cfg.async_gather,
+        gather_backbone_out=eval_cfg.gather_backbone_out,
     )
 
 
-def _trainer_config(cfg: DictConfig) -> TrainerConfig:
-    values = OmegaConf.to_container(cfg.trainer, resolve=True)
-    try:
-        return TrainerConfig(**values)
-    except TypeError as error:
-        valid = ", ".join(TrainerConfig.__dataclass_fields__)
-        raise ValueError(f"bad trainer config: {error}; valid keys: {valid}") from None
+def _section(cfg: DictConfig, key: str, cls: type):
+    """The typed section `key` of a run config (defaults when absent); unknown keys raise."""
+    values = OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else {}
+    return build_section(cls, values, key)
 
 
-def _is_missing(cfg: DictConfig, key: str) -> bool:
-    node, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, node) if node else cfg
-    return parent is not None and leaf in parent and OmegaConf.is_missing(parent, leaf)
+def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Dotted paths of the `???` values under `node`, found without resolving any interpolation (one
+    that reads a missing value would raise before naming the key)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    found = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            found.append(path)
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig | ListConfig):
+            found.extend(_missing_keys(node[key], f"{path}."))
+    return found
 
 
 def _device(name: str, local_rank: int) -> torch.device:

@@ -22,11 +22,13 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from sam3.train.sections import build_section
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +178,8 @@ class OptimConfig:
         _check_non_negative(self.weight_decay, f"{_OPTIM}.weight_decay")
         object.__setattr__(self, "lr_groups", _lr_groups(self.lr_groups))
         if self.layer_decay is not None:
-            object.__setattr__(self, "layer_decay", _section(LayerDecay, self.layer_decay, f"{_OPTIM}.layer_decay"))
-        no_decay = _section(NoWeightDecay, self.no_weight_decay, f"{_OPTIM}.no_weight_decay")
+            object.__setattr__(self, "layer_decay", build_section(LayerDecay, self.layer_decay, f"{_OPTIM}.layer_decay"))
+        no_decay = build_section(NoWeightDecay, self.no_weight_decay, f"{_OPTIM}.no_weight_decay")
         object.__setattr__(self, "no_weight_decay", no_decay)
         object.__setattr__(self, "betas", tuple(self.betas))
 
@@ -447,40 +449,23 @@ def _lr_groups(value: Any) -> tuple[LrGroup, ...]:
     where = f"{_OPTIM}.lr_groups"
     if isinstance(value, Mapping):
         value = [
-            _section(LrGroup, {"name": name, **spec} if isinstance(spec, Mapping) else spec, f"{where}.{name}")
+            build_section(LrGroup, {"name": name, **spec} if isinstance(spec, Mapping) else spec, f"{where}.{name}")
             for name, spec in value.items()
         ]
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise ValueError(f"{where}={value!r}: expected a mapping name -> {{params: [...], lr: ...}}")
-    groups = tuple(_section(LrGroup, group, where) for group in value)
+    groups = tuple(build_section(LrGroup, group, where) for group in value)
     names = [group.name for group in groups]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: duplicate group names in {names}")
     return groups
 
 
-def _section(cls: type, value: Any, where: str):
-    """`value` as a `cls` instance: a mapping is checked for unknown and missing keys, then converted."""
-    if isinstance(value, cls):
-        return value
-    valid = [f.name for f in fields(cls) if f.init]
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where}={value!r}: expected a mapping with keys {valid}")
-    unknown = sorted(set(value) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
-    required = [f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING]
-    missing = [key for key in required if key not in value]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
-    return cls(**value)
-
-
 def build_optim_config(**values: Any) -> OptimConfig:
     """`OptimConfig` from the `optim.optimizer` section; unknown keys raise naming the valid ones."""
-    return _section(OptimConfig, values, _OPTIM)
+    return build_section(OptimConfig, values, _OPTIM)
 
 
 def build_schedule_config(**values: Any) -> ScheduleConfig:
     """`ScheduleConfig` from the `optim.schedule` section; unknown keys raise naming the valid ones."""
-    return _section(ScheduleConfig, values, _SCHEDULE)
+    return build_section(ScheduleConfig, values, _SCHEDULE)

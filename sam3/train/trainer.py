@@ -27,9 +27,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from sam3.checkpoint import MODEL_CONFIG_KEY
 from sam3.distributed.collectives import any_rank
 from sam3.distributed.env import get_rank, get_world_size
-from sam3.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
+from sam3.train.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_training_state,
+    restore_rng_states,
+    save_checkpoint,
+)
 from sam3.train.optim import OptimConfig, ScheduleConfig, apply_lr, build_optimizer, lr_factor
 from sam3.train.step import forward_backward
 
@@ -109,6 +116,8 @@ class Trainer:
         device: the model's device.
         weights_loaded: whether starting weights came from a checkpoint (eval mode requires it).
         visualize: `visualize(model, batch) -> (3, H, W) uint8` image for TensorBoard, or None.
+        model_config: the resolved `model` config section, stored in every checkpoint so that tools
+            rebuild the model it was trained with (`sam3.model_builder.build_model`).
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class Trainer:
         device: torch.device,
         weights_loaded: bool = False,
         visualize: Callable[..., torch.Tensor] | None = None,
+        model_config: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -137,6 +147,7 @@ class Trainer:
         self.device = device
         self.weights_loaded = weights_loaded
         self.visualize = visualize
+        self.model_config = model_config
         self.rank = get_rank()
         self.world_size = get_world_size()
         self.step = 0
@@ -169,7 +180,7 @@ class Trainer:
     def _run_eval(self) -> dict[str, Any]:
         resume = latest_checkpoint(self.run_dir)
         if resume is not None:
-            state = load_checkpoint(resume)
+            state = load_training_state(resume)
             self.model.load_state_dict(state["model"])
             self.step = int(state["step"])
             self.weights_loaded = True
@@ -281,7 +292,7 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return None
-        state = load_checkpoint(path)
+        state = load_training_state(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -301,6 +312,8 @@ class Trainer:
             "nonfinite_skips": self.nonfinite_skips,
             "world_size": self.world_size,
         }
+        if self.model_config is not None:
+            state[MODEL_CONFIG_KEY] = self.model_config
         save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
 
     def _clip_gradients(self) -> float:

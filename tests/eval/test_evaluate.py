@@ -16,8 +16,8 @@ from sam3.distributed.frame_shard import build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.eval.evaluate import EvalConfig, evaluate, index_to_veval_gt
 from sam3.eval.saco_format import parse_ground_truth
+from sam3.model_builder import config_dir
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
-from tests.helpers import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,11 @@ def dataset_root(tmp_path_factory) -> Path:
 
 def _run_evaluate(dataset_root: Path, out_path: Path, frame_group_size: int | None) -> dict:
     overrides = [*DETERMINISTIC_OVERRIDES, f"paths.dataset_root={dataset_root}", "data.image_size=56"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("demo_shapes_video", overrides=overrides)
     group = build_frame_group(frame_group_size)
     torch.manual_seed(0)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
     dataset = instantiate(cfg.data.val, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
     return evaluate(model, dataset, group, out_path=out_path, config=EvalConfig(min_score=0.01))
 

@@ -20,7 +20,7 @@ import torch
 from submitit.helpers import DelayedSubmission
 
 from sam3.launch.slurm import LOG_FOLDER, SlurmConfig, TrainJob, make_executor, prepare, read_requeues, submit
-from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from sam3.train.checkpoint import checkpoint_path, list_checkpoints, load_training_state
 from tests.helpers import TINY_OVERRIDES, tiny_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _submit(run_dir: Path, dataset_root: Path, *overrides: str):
 
 
 def _final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_checkpoint(checkpoint_path(run_dir, step))["model"]
+    return load_training_state(checkpoint_path(run_dir, step))["model"]
 
 
 def _assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

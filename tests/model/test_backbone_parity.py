@@ -7,18 +7,14 @@ official package; see `../shared/tools/official_reference.py` for how each one i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from sam3.model.position_encoding import PositionEmbeddingSine
+from sam3.model_builder import model_config
 from sam3.tools.seeded_init import fixed_input, read_manifest, seeded_tensor
-
-FULL = Path(__file__).resolve().parents[2] / "configs" / "model" / "sam3.yaml"
 
 PROMPT = "dog"
 REL_TOL = 1e-4  # max |ours - official| <= REL_TOL * std(official), per tensor
@@ -26,7 +22,7 @@ REL_TOL = 1e-4  # max |ours - official| <= REL_TOL * std(official), per tensor
 
 def test_full_preset_matches_the_manifest_key_by_key(reference_dir):
     with torch.device("meta"):
-        backbone = instantiate(OmegaConf.load(FULL).backbone)
+        backbone = instantiate(model_config("sam3").backbone)
     manifest = {
         key.removeprefix("backbone."): (shape, dtype)
         for key, shape, dtype in read_manifest(reference_dir / "sam3_image_state_dict.tsv")
@@ -55,7 +51,7 @@ def _pool(t: torch.Tensor, size: int) -> torch.Tensor:
 @pytest.mark.slow
 def test_full_size_backbone_matches_official(reference_dir):
     reference = torch.load(reference_dir / "sam3_image_seeded_outputs.pt", weights_only=True)["tensors"]
-    backbone = instantiate(OmegaConf.load(FULL).backbone).eval()
+    backbone = instantiate(model_config("sam3").backbone).eval()
     with torch.no_grad():  # SEEDED_INIT_V1, key by key, in place (no second copy of 3 GB)
         for key, tensor in backbone.state_dict(keep_vars=True).items():
             if not tensor.is_complex():

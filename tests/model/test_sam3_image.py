@@ -4,20 +4,17 @@ sizes, builder flags and checkpoints; the full preset against the official manif
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from sam3.model.geometry_encoder import GeometryPrompts
 from sam3.model.sam3_image import Sam3Image
+from sam3.model_builder import apply_runtime_policy, model_config
 from sam3.structures import ClipBatch, DetectorOutput, FrameMeta, PairIndex
 from sam3.tools.seeded_init import read_manifest
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 TINY_QUERIES = 16
 # Parameters the image forward never uses (reference README): the neck's 0.5x level, CLIP's pooled
 # text projection, the pixel decoder's third stage and (without a semantic loss) the semantic head.
@@ -32,7 +29,7 @@ NEVER_USED = (
 
 def build_tiny(**overrides) -> Sam3Image:
     torch.manual_seed(0)
-    return instantiate(OmegaConf.load(CONFIGS / "tiny.yaml"), **overrides)
+    return instantiate(model_config("tiny"), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -175,11 +172,11 @@ def test_other_input_size(tiny):
 def test_builder_without_segmentation_and_checkpoint_round_trip(tmp_path, tiny):
     path = tmp_path / "tiny.pt"
     torch.save({"model": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, path)
-    loaded = build_tiny(checkpoint_path=str(path), eval_mode=True)
+    loaded = build_tiny(checkpoint_path=str(path)).eval()
     assert not loaded.training
     for key, value in tiny.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    no_seg = build_tiny(checkpoint_path=str(path), enable_segmentation=False, eval_mode=True)
+    no_seg = build_tiny(checkpoint_path=str(path), enable_segmentation=False).eval()
     assert no_seg.segmentation_head is None
     with torch.no_grad():
         out = no_seg(make_batch([["red circle"]]))
@@ -193,7 +190,7 @@ def test_builder_without_segmentation_and_checkpoint_round_trip(tmp_path, tiny):
 def test_activation_checkpointing_gives_the_same_gradients():
     grads = []
     for flag in (False, True):
-        model = build_tiny(use_act_checkpoint=flag).train()
+        model = apply_runtime_policy(build_tiny(), act_checkpoint=flag).train()
         for m in model.modules():  # equality needs no dropout / drop-path randomness
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
@@ -212,7 +209,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 def test_full_preset_has_exactly_the_official_keys(reference_dir):
     with torch.device("meta"):
-        model = instantiate(OmegaConf.load(CONFIGS / "sam3.yaml"))
+        model = instantiate(model_config("sam3"))
     manifest = {k: (shape, dtype) for k, shape, dtype in read_manifest(reference_dir / "sam3_image_state_dict.tsv")}
     ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
     assert sorted(set(manifest) - set(ours)) == []

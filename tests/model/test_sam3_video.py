@@ -8,7 +8,13 @@ from sam3.data.collate import collate_clips
 from sam3.distributed.frame_shard import LocalFrameGroup
 from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.model.sam3_image import Sam3Image
-from sam3.tools.check_frame_sharding import CheckConfig, build_criterion, build_model, local_frames, make_clip
+from sam3.tools.check_frame_sharding import (
+    CheckConfig,
+    build_check_criterion,
+    build_check_model,
+    local_frames,
+    make_clip,
+)
 from sam3.train.step import forward_backward
 
 CONFIG = CheckConfig(num_frames=3, image_size=56)
@@ -16,7 +22,7 @@ CONFIG = CheckConfig(num_frames=3, image_size=56)
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(CONFIG)
+    return build_check_model(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def test_rank_without_frames_runs_a_zero_weight_step(model, clip):
     batch = collate_clips([local_frames(clip, [])])
     assert batch.num_local_frames == 0 and batch.num_pairs == 0
     model.train().zero_grad()
-    losses = forward_backward(model, build_criterion(), [batch], step=0, device=torch.device("cpu"))
+    losses = forward_backward(model, build_check_criterion(), [batch], step=0, device=torch.device("cpu"))
     assert losses.loss.item() == 0.0
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
@@ -61,7 +67,7 @@ def _per_frame_reference(model, clip):
 @pytest.mark.parametrize("gather_backbone_out", [False, True])
 def test_video_inference_equals_the_image_model_frame_by_frame(model, clip, reverse, gather_backbone_out):
     reference = _per_frame_reference(model, clip)
-    video = build_model(CONFIG).eval()  # same seed, same weights
+    video = build_check_model(CONFIG).eval()  # same seed, same weights
     runner = VideoGroundingRunner(video, LocalFrameGroup(), gather_backbone_out=gather_backbone_out)
     order = []
 

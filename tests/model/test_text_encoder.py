@@ -13,11 +13,10 @@ import pytest
 import regex
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from sam3.model.text_encoder import ClipTokenizer
+from sam3.model_builder import model_config
 
-TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 CONTEXT = 32
 PHRASES = [
     "dog",
@@ -96,7 +95,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def text_encoder():
     torch.manual_seed(0)
-    return instantiate(OmegaConf.load(TINY).backbone.language_backbone).eval()
+    return instantiate(model_config("tiny").backbone.language_backbone).eval()
 
 
 def test_dog_gives_the_official_ids(tokenizer, reference_dir):

@@ -4,28 +4,23 @@ activation checkpointing, the frozen feature extractor."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from sam3.checkpoint import load_state_dict
 from sam3.model.feature_extractor import FrozenImageEncoder
 from sam3.model.vit import ViT
+from sam3.model_builder import model_config
 
-TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 # Parameters that by design never get a gradient in image grounding (reference README): the neck's
 # 0.5x level (not passed on) and CLIP's pooled text projection (per-token features are used).
 NO_GRAD_BY_DESIGN = ("vision_backbone.convs.3.", "language_backbone.encoder.text_projection")
 
 
 def tiny_config(**trunk_overrides):
-    cfg = OmegaConf.load(TINY)
-    for key, value in trunk_overrides.items():
-        cfg.backbone.vision_backbone.trunk[key] = value
-    return cfg
+    return model_config("tiny", [f"backbone.vision_backbone.trunk.{k}={v}" for k, v in trunk_overrides.items()])
 
 
 def tiny_trunk(**overrides) -> ViT:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
+from sam3 import build_model
 from sam3.tools import predict
-
-TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 
 
 def test_predict_prints_boxes_and_writes_an_overlay(tmp_path, capsys):
     torch.manual_seed(0)
-    model = instantiate(OmegaConf.load(TINY))
+    model = build_model("tiny")
     checkpoint = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), checkpoint)
     image_path = tmp_path / "frame.png"
@@ -27,7 +22,7 @@ def test_predict_prints_boxes_and_writes_an_overlay(tmp_path, capsys):
 
     predict.main(
         ["--checkpoint", str(checkpoint), "--image", str(image_path), "--prompt", "red square",
-         "--config", str(TINY), "--threshold", "0", "--out", str(overlay), "--device", "cpu"]
+         "--model", "tiny", "--threshold", "0", "--out", str(overlay), "--device", "cpu"]
     )
 
     lines = capsys.readouterr().out.splitlines()
@@ -46,7 +41,7 @@ def test_predict_prints_boxes_and_writes_an_overlay(tmp_path, capsys):
 
 def test_predict_matches_the_model_forward():
     torch.manual_seed(0)
-    model = instantiate(OmegaConf.load(TINY), eval_mode=True)
+    model = build_model("tiny").eval()
     image = Image.new("RGB", (224, 224), (200, 40, 40))
     detections = predict.predict(model, image, "red square", 224, threshold=-1.0)
     pixels = torch.tensor([200 / 255, 40 / 255, 40 / 255]).view(1, 3, 1, 1).expand(1, 3, 224, 224) * 2 - 1
@@ -57,3 +52,4 @@ def test_predict_matches_the_model_forward():
     scores = out.scores()[0]
     torch.testing.assert_close(detections["scores"], scores.sort(descending=True).values, atol=1e-5, rtol=1e-4)
     assert detections["masks"].shape == (16, 224, 224)
+

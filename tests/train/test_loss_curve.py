@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from sam3.demo import generate_demo_data
+from sam3.model_builder import config_dir
 from sam3.train.entry import build_trainer
-from tests.helpers import CONFIG_DIR
 
 CURVE = Path(__file__).resolve().parents[1] / "assets" / "losses" / "demo_shapes_video_30_steps.json"
 NUM_STEPS = 30
@@ -38,7 +38,7 @@ def _run_demo_steps(tmp_path: Path) -> list[dict[str, float]]:
     data = tmp_path / "shapes"
     generate_demo_data(data)
     overrides = [f"run_dir={tmp_path / 'run'}", f"paths.dataset_root={data}", *OVERRIDES]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("demo_shapes_video", overrides=overrides)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

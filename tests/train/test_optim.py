@@ -16,9 +16,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
+from sam3.model_builder import config_dir, model_config
 from sam3.train.entry import build_trainer
 from sam3.train.optim import (
     OptimConfig,
@@ -42,13 +42,13 @@ SAM3_WEIGHT_DECAY = 0.1
 
 
 def _experiment(name: str, *overrides: str):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose(name, overrides=["paths.checkpoint=unused", "paths.dataset_root=unused", *overrides])
 
 
 def _meta_model(preset: str) -> nn.Module:
     with torch.device("meta"):
-        return instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{preset}.yaml"))
+        return instantiate(model_config(preset))
 
 
 @pytest.fixture(scope="module")
