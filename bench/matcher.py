@@ -190,9 +190,9 @@ def main() -> None:
     per_pair_o2m = [as_output({k: v[i : i + 1] for k, v in head.items()}, "_o2m") for i in range(num_pairs)]
 
     batched = matcher(o2o, targets)
-    looped = [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets)]
+    looped = [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets, strict=True)]
     loop_pairs = [(i, int(q)) for i, m in enumerate(looped) for q in m.query_idx]
-    if loop_pairs != list(zip(batched.pair_idx.tolist(), batched.query_idx.tolist())):
+    if loop_pairs != list(zip(batched.pair_idx.tolist(), batched.query_idx.tolist(), strict=True)):
         raise AssertionError("batched matching differs from the per-pair loop")
     num_o2m = len(o2m_matcher(o2m_head, targets))
 
@@ -206,9 +206,9 @@ def main() -> None:
     L, P = a.layers, num_pairs
     rows = {
         "o2o matcher, batched": lambda: matcher(o2o, targets),
-        "o2o matcher, per-pair loop": lambda: [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets)],
+        "o2o matcher, per-pair loop": lambda: [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets, strict=True)],
         "o2m matcher, batched": lambda: o2m_matcher(o2m_head, targets),
-        "o2m matcher, per-pair loop": lambda: [o2m_matcher(o, t) for o, t in zip(per_pair_o2m, per_pair_targets)],
+        "o2m matcher, per-pair loop": lambda: [o2m_matcher(o, t) for o, t in zip(per_pair_o2m, per_pair_targets, strict=True)],
         f"stack {L} layers + o2m: loss fwd": loss(False),
         f"stack {L} layers + o2m: loss fwd+bwd": loss(True),
     }
@@ -217,7 +217,7 @@ def main() -> None:
         f"o2o matcher, batched (1 call, B={P})", f"o2o matcher, per pair ({P} calls, B=1)",
         f"o2m matcher, batched (1 call, B={P})", f"o2m matcher, per pair ({P} calls, B=1)",
         f"stack {L} layers: match+o2m+loss fwd", f"stack {L} layers: match+o2m+loss fwd+bwd",
-    ]))
+    ], strict=True))
     samples: dict[str, list[float]] = {}
     per_round = max(1, -(-a.reps // a.rounds))
     for _ in range(a.rounds):

@@ -151,7 +151,7 @@ def _prediction_strip(run_dir: Path, overrides: list[str], video_idx: int = 0, p
     model = build_model(None, video=True, checkpoint=latest_checkpoint(run_dir)).eval()
     dataset = instantiate(cfg.data.val, _convert_="all")
     sample = dataset[(0, video_idx)]
-    prompt = next(p for p, positive in zip(sample.prompts, sample.is_positive) if positive)
+    prompt = next(p for p, positive in zip(sample.prompts, sample.is_positive, strict=True) if positive)
     runner = VideoGroundingRunner(model, LocalFrameGroup())
     frames = runner.run(lambda t: sample.images[t], sample.num_frames, [prompt])
     size = sample.images.shape[-1]

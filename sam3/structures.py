@@ -105,7 +105,7 @@ class PairIndex(_Movable):
             clip_prompt_text_idx: per clip, the index into the batch's texts of each of its prompts.
         """
         clip_idx, frame_slot, frame_idx, prompt_idx, text_idx = [], [], [], [], []
-        for slot, (clip, t) in enumerate(zip(frame_clip_idx.tolist(), frame_indices.tolist())):
+        for slot, (clip, t) in enumerate(zip(frame_clip_idx.tolist(), frame_indices.tolist(), strict=True)):
             for p, text in enumerate(clip_prompt_text_idx[clip]):
                 clip_idx.append(clip)
                 frame_slot.append(slot)

@@ -42,7 +42,7 @@ def coco_ap(gt: dict[str, Any], preds: list[dict[str, Any]], iou_type: IoUType) 
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
+    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)}
 
 
 def image_cgf1(

@@ -125,7 +125,7 @@ def index_to_veval_gt(index: DatasetIndex, num_videos: int | None = None) -> dic
     videos, annotations, np_pairs = [], [], []
     categories: dict[Any, str] = {}
     count = len(index) if num_videos is None else num_videos
-    for video, masklets, pairs in zip(index.videos[:count], index.masklets[:count], index.pairs[:count]):
+    for video, masklets, pairs in zip(index.videos[:count], index.masklets[:count], index.pairs[:count], strict=True):
         videos.append(
             {"id": video.video_id, "video_name": video.name, "file_names": video.file_names,
              "height": video.height, "width": video.width, "length": video.length}

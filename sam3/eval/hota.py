@@ -54,7 +54,7 @@ def phrase_hota(
     if not per_sequence:
         empty = SequenceHota(metric.eval_sequence(_sequence_data(0, [], [], use_masks)))
         return empty, []
-    combined = metric.combine_sequences({i: r for i, r in enumerate(per_sequence)})
+    combined = metric.combine_sequences(dict(enumerate(per_sequence)))
     combined = metric.combine_classes_class_averaged({"phrase": combined})
     return SequenceHota(combined), per_sequence
 

@@ -112,7 +112,7 @@ def link_masklets(frames: Sequence[FrameMasks], config: LinkingConfig) -> list[L
             expected = torch.stack([track.expected_mask(t, config.use_motion) for track in live])  # (K, H, W)
             ious = mask_iou(expected, frame.masks.bool()).cpu().numpy()  # (K, N)
             rows, cols = linear_sum_assignment(-ious)
-            for r, c in zip(rows.tolist(), cols.tolist()):
+            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
                 if ious[r, c] >= config.match_iou_thresh:
                     live[r].add(t, c, frame.masks[c].bool())
                     matched.add(c)
@@ -144,7 +144,7 @@ def masklets_to_records(
     records = []
     for masklet in masklets:
         boxes, segmentations, areas = [], [], []
-        for frame, i in zip(frames, masklet.detection_idx):
+        for frame, i in zip(frames, masklet.detection_idx, strict=True):
             if i is None:
                 boxes.append(None)
                 segmentations.append(None)

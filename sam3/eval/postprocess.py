@@ -232,6 +232,6 @@ def postprocess(
     detections = select_detections(outputs, config, nms)
     return [
         to_original_size(d, (int(h), int(w)), config.mask_logit_thresh)
-        for d, (h, w) in zip(detections, orig_sizes.tolist())
+        for d, (h, w) in zip(detections, orig_sizes.tolist(), strict=True)
     ]
 

@@ -72,7 +72,7 @@ def teta(gt: VEvalGroundTruth, preds: Sequence[Masklet], score_thresh: float = 0
     class_results = [_combine_sequences(results) for results in per_class.values() if results]
     class_results = [r for r in class_results if (r.loc_tp + r.loc_fn + r.loc_fp > _EPS).any()]
     if not class_results:
-        return {name: 0.0 for name in TETA_KEYS}
+        return dict.fromkeys(TETA_KEYS, 0.0)
     averaged = {name: np.mean([np.mean(r.final()[name]) for r in class_results]) for name in TETA_KEYS}
     # toolkit: the class average is taken per threshold, then over thresholds; equal to this order.
     return {name: float(f"{100 * value:1.5g}") for name, value in averaged.items()}
@@ -149,7 +149,7 @@ def _eval_video(num_frames: int, gts: Sequence[Masklet], preds: Sequence[Masklet
     """TETA counts of every class that has ground truth or predictions in this video."""
     gt_frames = [_frame(gts, t, is_gt=True) for t in range(num_frames)]
     pred_frames = [_frame(preds, t, is_gt=False) for t in range(num_frames)]
-    sims = [frame_mask_iou(g.rles, p.rles) for g, p in zip(gt_frames, pred_frames)]
+    sims = [frame_mask_iou(g.rles, p.rles) for g, p in zip(gt_frames, pred_frames, strict=True)]
     assignment = _global_assignment(_prepare(gt_frames, pred_frames, sims, cls=None, assignment=None))
 
     class_set = set(class_ids)
@@ -234,7 +234,7 @@ def _global_assignment(data: _Prepared) -> list[dict]:
     assignment = []
     for t in range(num_frames):
         rows, cols = _matches(data, t, alignment, [0.5])[0]
-        assignment.append(dict(zip(data.gt_orig[t][rows].tolist(), data.pred_orig[t][cols].tolist())))
+        assignment.append(dict(zip(data.gt_orig[t][rows].tolist(), data.pred_orig[t][cols].tolist(), strict=True)))
     return assignment
 
 
@@ -289,7 +289,7 @@ def _alignment_score(data: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarra
     potential = np.zeros((data.num_gt_ids, data.num_pred_ids))
     gt_count = np.zeros((data.num_gt_ids, 1))
     pred_count = np.zeros((1, data.num_pred_ids))
-    for gt_ids, pred_ids, sim in zip(data.gt_ids, data.pred_ids, data.sim):
+    for gt_ids, pred_ids, sim in zip(data.gt_ids, data.pred_ids, data.sim, strict=True):
         denominator = sim.sum(0, keepdims=True) + sim.sum(1, keepdims=True) - sim
         sim_iou = np.zeros_like(sim)
         valid = denominator > _EPS

@@ -105,7 +105,7 @@ def evaluate_veval(
     phrase_preds = [_as_pair_video(m, pair_ids) for m in preds]
     for kind, use_masks in _KINDS:
         ap = video_ap(phrase_gts, phrase_preds, lambda p, g, m=use_masks: table.iou(p, g, m), use_categories=False)
-        for suffix, value in zip(("50_95", "50", "75"), ap):
+        for suffix, value in zip(("50_95", "50", "75"), ap, strict=True):
             results[f"video_{kind}_phrase_ap_{suffix}"] = value
 
     teta_values = teta(gt, preds, score_thresh=score_thresh)
@@ -142,7 +142,7 @@ def _add_hota(
         combined, per_sequence = phrase_hota(sequences, use_masks=use_masks, score_thresh=score_thresh)
         for name, value in combined.summary().items():
             results[f"video_{kind}_all_phrase_{name}"] = value
-        for pair, seq in zip(pairs, per_sequence):
+        for pair, seq in zip(pairs, per_sequence, strict=True):
             per_pair[pair].update({f"{kind}_{name}": value for name, value in seq.summary().items()})
 
 

@@ -217,7 +217,7 @@ class SetCriterion(nn.Module):
             values = per_head * norm  # (K,)
             branch = torch.tensor([h.weight for h in group]).to(device, non_blocking=True)
             total = total + getattr(self.weights, term) * (values * branch).sum()
-            for head, value in zip(group, values.detach().unbind()):
+            for head, value in zip(group, values.detach().unbind(), strict=True):
                 components[term + head.suffix] = value
 
         box_norm = normalization.box_norm
@@ -366,7 +366,7 @@ class SetCriterion(nn.Module):
             if not head.one_to_many:
                 by_shape.setdefault(tuple(head.output.pred_logits.shape), []).append(head)
         for group in by_shape.values():
-            for head, matches in zip(group, self.matcher.match_heads([h.output for h in group], targets)):
+            for head, matches in zip(group, self.matcher.match_heads([h.output for h in group], targets), strict=True):
                 head.matches = matches
         for head in heads:
             if head.one_to_many:

@@ -217,7 +217,7 @@ class HungarianMatcher:
                 queries[head].append(picked_queries)
             start += count
         out = []
-        for head_rows, head_queries in zip(rows, queries):
+        for head_rows, head_queries in zip(rows, queries, strict=True):
             packed_rows = np.concatenate(head_rows)
             flat = np.stack([pairs[packed_rows], np.concatenate(head_queries), slots[packed_rows]]).astype(np.int64)
             flat = torch.from_numpy(flat).to(device, non_blocking=True)  # (3, M)

@@ -52,7 +52,7 @@ class LossCounts:
     @staticmethod
     def total(counts: Iterable[LossCounts]) -> LossCounts:
         """Field-wise sum."""
-        summed = [sum(column) for column in zip(*(astuple(c) for c in counts))]
+        summed = [sum(column) for column in zip(*(astuple(c) for c in counts), strict=True)]
         return LossCounts(*summed) if summed else LossCounts()
 
     def as_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:

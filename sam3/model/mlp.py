@@ -41,7 +41,7 @@ class MLP(nn.Module):
             raise ValueError(f"residual MLP needs input_dim == output_dim, got {input_dim} != {output_dim}")
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.residual = residual
         self.out_norm = nn.LayerNorm(output_dim) if out_norm else nn.Identity()

@@ -280,12 +280,12 @@ def matches_from_rows(rows: torch.Tensor, num_boxes: torch.Tensor) -> Matches:
 
 def assignment(matches: Matches) -> set[tuple[int, int, int]]:
     """The (pair, query, target slot) triples of an assignment."""
-    return set(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist()))
+    return set(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist(), strict=True))
 
 
 def num_repeated_queries(matches: Matches) -> int:
     """Matches whose (pair, query) already appears in an earlier match."""
-    return len(matches) - len(set(zip(matches.pair_idx.tolist(), matches.query_idx.tolist())))
+    return len(matches) - len(set(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), strict=True)))
 
 
 @dataclass
@@ -469,7 +469,7 @@ def run_oracle(oracle_python: str, problems: Sequence[Problem], threads: int) ->
         )
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / f"problem_{i}.pt" for i in range(len(problems))]
-        for path, problem in zip(paths, problems):
+        for path, problem in zip(paths, problems, strict=True):
             torch.save(oracle_tensors(problem), path)
         cmd = [oracle_python, "-I", str(ORACLE_SCRIPT), "--threads", str(threads), *map(str, paths)]
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ProblemConfig(num_frames=args.frames, num_prompts=args.prompts)
     problems = [build_problem(seed, config) for seed in args.seed]
     results = run_oracle(args.oracle_python, problems, args.threads)
-    reports = [check_problem(problem, meta, args.tolerance) for problem, meta in zip(problems, results)]
+    reports = [check_problem(problem, meta, args.tolerance) for problem, meta in zip(problems, results, strict=True)]
     for report in reports:
         print("\n".join(report.lines))
     if len(reports) > 1:
@@ -523,7 +523,7 @@ def _meta_weak_kept(targets: PairTargets, meta_o2m: Matches, num_queries: int) -
     """Meta's weak-loss denominator of the final o2m layer (every entry of the exhaustive pairs and the
     distinct matched (pair, query) entries of the others), and that number of matched entries."""
     exhaustive = targets.is_exhaustive.tolist()
-    matched = {(p, q) for p, q in zip(meta_o2m.pair_idx.tolist(), meta_o2m.query_idx.tolist()) if not exhaustive[p]}
+    matched = {(p, q) for p, q in zip(meta_o2m.pair_idx.tolist(), meta_o2m.query_idx.tolist(), strict=True) if not exhaustive[p]}
     return num_queries * sum(exhaustive) + len(matched), len(matched)
 
 

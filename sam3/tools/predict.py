@@ -83,7 +83,7 @@ def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor]) -> Ima
         alpha = Image.fromarray((mask.numpy() * 110).astype("uint8"), mode="L")
         canvas = Image.composite(tint, canvas, alpha)
     draw = ImageDraw.Draw(canvas)
-    for i, (score, box) in enumerate(zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist())):
+    for i, (score, box) in enumerate(zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True)):
         color = COLORS[i % len(COLORS)]
         draw.rectangle(box, outline=color, width=3)
         draw.text((box[0] + 3, box[1] + 2), f"{score:.2f}", fill=color)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     image = Image.open(args.image)
     detections = predict(model, image, args.prompt, input_size, args.threshold)
     print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")
-    for score, box in zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist()):
+    for score, box in zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True):
         print(f"score {score:.3f}  box_xyxy {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}")
     if args.out is not None:
         draw_overlay(image, detections).save(args.out)

@@ -52,7 +52,7 @@ def seeded_tensor(key: str, shape: Iterable[int], seed: int) -> torch.Tensor:
     """One float32 tensor of SEEDED_INIT_V1, a function of (seed, key, shape) only."""
     shape = tuple(shape)
     generator = torch.Generator(device="cpu")
-    generator.manual_seed(zlib.crc32(f"{seed}:{key}".encode("utf-8")))
+    generator.manual_seed(zlib.crc32(f"{seed}:{key}".encode()))
     z = torch.randn(shape, generator=generator, dtype=torch.float32)
     if key.endswith(UNIT_STD_SUFFIXES):
         return z

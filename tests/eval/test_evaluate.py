@@ -68,7 +68,7 @@ def test_two_ranks_write_the_same_predictions_as_one(dataset_root, tmp_path, fra
     expected = sorted(json.loads((tmp_path / "single.json").read_text()), key=_record_key)
     got = sorted(json.loads((tmp_path / "sharded.json").read_text()), key=_record_key)
     assert len(got) == len(expected)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert a["segmentations"] == b["segmentations"] and a["bboxes"] == b["bboxes"]
         assert a["score"] == pytest.approx(b["score"], rel=1e-5)
     for name, value in single.items():

@@ -23,7 +23,7 @@ def _box(mask: np.ndarray) -> list[float]:
 def test_mask_iou_equals_dense_reference():
     rng = np.random.default_rng(0)
     tracks = []
-    for k in range(5):
+    for _k in range(5):
         cx, cy = rng.uniform(10, WIDTH - 10), rng.uniform(8, HEIGHT - 8)
         masks = [ellipse(cx + t, cy, 6, 4) if rng.random() > 0.25 else None for t in range(NUM_FRAMES)]
         tracks.append(masks)
@@ -33,7 +33,7 @@ def test_mask_iou_equals_dense_reference():
     for i, p in enumerate(tracks[:3]):
         for j, g in enumerate(tracks[2:]):
             inter = union = 0
-            for mp, mg in zip(p, g):
+            for mp, mg in zip(p, g, strict=True):
                 mp = np.zeros((HEIGHT, WIDTH), bool) if mp is None else mp
                 mg = np.zeros((HEIGHT, WIDTH), bool) if mg is None else mg
                 inter += (mp & mg).sum()

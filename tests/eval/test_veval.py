@@ -86,7 +86,7 @@ def _assert_same_results(ours: dict, expected: dict) -> None:
         assert _nan_ilmcc(key, value) or ours["dataset_results"][key] == pytest.approx(value, abs=1e-6), key
     ours_pairs = [(r["video_id"], r["category_id"]) for r in ours["video_np_results"]]
     assert ours_pairs == [(r["video_id"], r["category_id"]) for r in expected["video_np_results"]]
-    for mine, theirs in zip(ours["video_np_results"], expected["video_np_results"]):
+    for mine, theirs in zip(ours["video_np_results"], expected["video_np_results"], strict=True):
         assert set(mine) == set(theirs)
         for key, value in theirs.items():
             assert mine[key] == pytest.approx(value, abs=1e-6), (mine["video_id"], mine["category_id"], key)

@@ -115,7 +115,7 @@ def test_match_heads_equals_separate_calls(problem) -> None:
     outputs, targets = problem(seed=4, num_aux=3)
     heads = [outputs, *outputs.aux_outputs]
     matcher = HungarianMatcher()
-    for together, head in zip(matcher.match_heads(heads, targets), heads):
+    for together, head in zip(matcher.match_heads(heads, targets), heads, strict=True):
         alone = matcher(head, targets)
         for field in ("pair_idx", "query_idx", "target_idx"):
             assert torch.equal(getattr(together, field), getattr(alone, field))
@@ -179,13 +179,13 @@ def test_one_to_many_matches_reference(problem_generator, seed: int, unique_quer
     logits, boxes, target_boxes, visible = problem_generator(g, 4, 30, 6, spread=0.15)
     matcher = OneToManyMatcher(alpha=0.3, threshold=0.3, topk=4, unique_queries=unique_queries)
     matches = matcher(_output(logits, boxes), _targets(target_boxes, visible))
-    pairs_queries = list(zip(matches.pair_idx.tolist(), matches.query_idx.tolist()))
+    pairs_queries = list(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), strict=True))
     if unique_queries:
         assert len(pairs_queries) == len(set(pairs_queries)), "a query was assigned twice"
     assert visible[matches.pair_idx, matches.target_idx].all()
-    iou = torch.stack([box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes)])
+    iou = torch.stack([box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes, strict=True)])
     expected = _o2m_reference(logits.sigmoid(), iou, visible, 0.3, 0.3, 4, unique_queries)
-    got = sorted(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist()))
+    got = sorted(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist(), strict=True))
     assert got == expected
     assert len(got) > 0
 
@@ -203,7 +203,7 @@ def test_one_to_many_overlapping_targets(unique_queries: bool) -> None:
         assert sorted(matches.query_idx.tolist()) == [0, 1, 2]
         assert matches.target_idx.tolist() == [0, 0, 0]  # slot 0 is the exact match
     else:
-        assert sorted(zip(matches.target_idx.tolist(), matches.query_idx.tolist())) == [(t, q) for t in (0, 1) for q in range(3)]
+        assert sorted(zip(matches.target_idx.tolist(), matches.query_idx.tolist(), strict=True)) == [(t, q) for t in (0, 1) for q in range(3)]
 
 
 @pytest.fixture

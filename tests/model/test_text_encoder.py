@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gzip
 import html
+from itertools import pairwise
 from pathlib import Path
 
 import ftfy
@@ -57,7 +58,7 @@ class ReferenceBPE:
 
     def _merge(self, word: list[str]) -> list[str]:
         while len(word) > 1:
-            pairs = [(self.rank.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            pairs = [(self.rank.get((a, b), float("inf")), i) for i, (a, b) in enumerate(pairwise(word))]
             best_rank, _ = min(pairs)
             if best_rank == float("inf"):
                 break

@@ -34,7 +34,7 @@ def test_problem_has_every_kind_of_pair_and_the_models_layout(seed: int) -> None
     assert not targets.masks_padded[~targets.is_visible_padded].any()
     # Six layers per branch; presence on every layer (shared by o2m); masks on the final layers only.
     assert len(problem.layers) == len(problem.o2m_layers) == 6
-    for o2o, o2m in zip(problem.layers, problem.o2m_layers):
+    for o2o, o2m in zip(problem.layers, problem.o2m_layers, strict=True):
         assert o2o.presence_logit_dec is not None and o2o.presence_logit_dec.shape == (num_pairs, 1)
         assert o2m.presence_logit_dec is o2o.presence_logit_dec
         assert o2o.pred_boxes.shape == o2m.pred_boxes.shape == (num_pairs, 200, 4)

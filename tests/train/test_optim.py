@@ -28,7 +28,7 @@ from sam3.train.optim import (
     lr_factor,
     param_groups,
 )
-from tests.helpers import CONFIG_DIR, tiny_run_config
+from tests.helpers import tiny_run_config
 
 # Meta's sam3==0.1.4 installed in a virtualenv, read only to compare numbers.
 REFERENCE_VENV = Path(os.environ.get("SAM3_REFERENCE_VENV", "/tmp/refvenv"))
