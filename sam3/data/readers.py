@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,18 +178,9 @@ def read_ytvis(
     reader = _Reader(path, on_error, load_json(path) if data is None else data)
     categories = reader.categories()
     videos = reader.videos("videos")
-    video_pos = {video.video_id: i for i, video in enumerate(videos)}
-    masklets: list[list[Masklet]] = [[] for _ in videos]
-    for ann in reader.records("annotations"):
-        record = _ann_name(ann)
-        try:
-            pos = video_pos[reader.lookup(ann, "video_id", video_pos, record, "video")]
-            category_id = reader.lookup(ann, "category_id", categories, record, "category")
-            masklet = reader.video_masklet(ann, videos[pos], category_id, categories[category_id])
-        except DataError as e:
-            reader.skip_or_raise(e)
-            continue
-        masklets[pos].append(masklet)
+    masklets = reader.masklets_per_video(
+        reader.records("annotations"), videos, categories, "video_id", "video", reader.video_masklet
+    )
     pairs = _category_pairs(masklets, categories, is_exhaustive)
     return reader.index("ytvis", videos, masklets, pairs, list(categories.values()), has_masks=True)
 
@@ -202,20 +195,11 @@ def read_coco(
     reader = _Reader(path, on_error, load_json(path) if data is None else data)
     categories = reader.categories()
     videos = reader.videos("images")
-    video_pos = {video.video_id: i for i, video in enumerate(videos)}
-    masklets: list[list[Masklet]] = [[] for _ in videos]
     raw_anns = reader.records("annotations")
     has_masks = any(isinstance(a, dict) and a.get("segmentation") for a in raw_anns)
-    for ann in raw_anns:
-        record = _ann_name(ann)
-        try:
-            pos = video_pos[reader.lookup(ann, "image_id", video_pos, record, "image")]
-            category_id = reader.lookup(ann, "category_id", categories, record, "category")
-            masklet = reader.image_masklet(ann, videos[pos], category_id, categories[category_id], has_masks)
-        except DataError as e:
-            reader.skip_or_raise(e)
-            continue
-        masklets[pos].append(masklet)
+    masklets = reader.masklets_per_video(
+        raw_anns, videos, categories, "image_id", "image", partial(reader.image_masklet, has_masks=has_masks)
+    )
     used = {m.category_id for video_masklets in masklets for m in video_masklets}
     parents = {c.get("supercategory") for c in reader.data["categories"] if isinstance(c, dict)}
     prompts = {cid: name for cid, name in categories.items() if cid in used or name not in parents}
@@ -239,6 +223,31 @@ class _Reader:
             raise error
         self.num_skipped += 1
         logger.warning("skipping bad record: %s", error)
+
+    def masklets_per_video(
+        self,
+        anns: list[Any],
+        videos: list[VideoRecord],
+        categories: dict[Any, str],
+        video_field: str,
+        video_kind: str,
+        make_masklet: Callable[..., Masklet],
+    ) -> list[list[Masklet]]:
+        """Each annotation as a masklet of its video (found by `video_field`), in file order per video;
+        `make_masklet(ann, video, category_id, phrase)` builds it. Bad records are skipped or raised."""
+        video_pos = {video.video_id: i for i, video in enumerate(videos)}
+        masklets: list[list[Masklet]] = [[] for _ in videos]
+        for ann in anns:
+            record = _ann_name(ann)
+            try:
+                pos = video_pos[self.lookup(ann, video_field, video_pos, record, video_kind)]
+                category_id = self.lookup(ann, "category_id", categories, record, "category")
+                masklet = make_masklet(ann, videos[pos], category_id, categories[category_id])
+            except DataError as e:
+                self.skip_or_raise(e)
+                continue
+            masklets[pos].append(masklet)
+        return masklets
 
     def index(
         self,
@@ -348,7 +357,7 @@ class _Reader:
             raise DataError(self.path, name, "bboxes", f"expected a list, got {raw_boxes!r}")
         self._check_length(raw_boxes, "bboxes", video, name)
         boxes: list[list[float] | None] = []
-        for t, (rle, box) in enumerate(zip(rles, raw_boxes)):
+        for t, (rle, box) in enumerate(zip(rles, raw_boxes, strict=True)):
             if box is not None and rle is None:
                 raise DataError(self.path, name, f"bboxes[{t}]", "a box is given where the segmentation is null")
             if box is None and rle is not None:

@@ -92,7 +92,7 @@ def test_collate_matches_the_pair_contract(shapes_dir):
     expected = PairIndex.frame_major(batch.frame_clip_idx, batch.frame_indices, text_idx)
     assert torch.equal(batch.pairs.text_idx, expected.text_idx)
     assert torch.equal(batch.pairs.frame_idx, expected.frame_idx)
-    assert batch.num_pairs == sum(n * len(s.prompts) for n, s in zip(num_local, samples))
+    assert batch.num_pairs == sum(n * len(s.prompts) for n, s in zip(num_local, samples, strict=True))
     assert all(len(p) <= 6 for p in batch.prompts)
     targets = batch.targets
     assert targets.pairs is batch.pairs and targets.masks_padded.dtype == torch.bool
@@ -149,7 +149,7 @@ def test_dataloader_workers_give_the_same_batches(shapes_dir):
         loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=collate_clips)
         batches.append(list(loader))
     assert len(batches[0]) == len(batches[1]) == 3
-    for a, b in zip(*batches):
+    for a, b in zip(*batches, strict=True):
         assert a.clip_ids == b.clip_ids and a.prompts == b.prompts
         assert torch.equal(a.images, b.images) and torch.equal(a.targets.masks_padded, b.targets.masks_padded)
 

@@ -153,7 +153,7 @@ def test_saco_shapes_roundtrip_reader(shapes_dir):
     index = load_annotations(shapes_dir / "train" / "annotations.json")
     assert index.format == "saco_veval"
     assert len(index) == 6
-    for pairs, masklets in zip(index.pairs, index.masklets):
+    for pairs, masklets in zip(index.pairs, index.masklets, strict=True):
         assert any(p.num_masklets == 0 for p in pairs)
         assert sum(p.num_masklets for p in pairs) == len(masklets)
     assert torch.tensor([v.length for v in index.videos]).eq(6).all()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from sam3.data.sampler import (
@@ -17,7 +19,7 @@ from sam3.data.sampler import (
 def test_sample_clip_frames():
     for seed in range(50):
         frames = sample_clip_frames(40, 5, (2, 4), 0.0, clip_rng(seed, 0, 0))
-        steps = {b - a for a, b in zip(frames, frames[1:])}
+        steps = {b - a for a, b in pairwise(frames)}
         assert len(frames) == 5 and len(steps) == 1 and steps.pop() in (2, 3, 4) and 0 <= frames[0] and frames[-1] < 40
     # Stride shrinks for a short video, a video shorter than T gives all its frames.
     assert sample_clip_frames(5, 5, (3, 3), 0.0, clip_rng(0, 0, 0)) == [0, 1, 2, 3, 4]

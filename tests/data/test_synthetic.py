@@ -15,7 +15,7 @@ from sam3.ops.masks import rle_decode
 def test_masks_in_json_equal_rendered_shapes(shapes_dir, shapes_params):
     seed, num_frames, size = shapes_params["seed"], shapes_params["num_frames"], shapes_params["image_size"]
     index = load_annotations(shapes_dir / "train" / "annotations.json")
-    for video_idx, (video, masklets) in enumerate(zip(index.videos, index.masklets)):
+    for video_idx, (video, masklets) in enumerate(zip(index.videos, index.masklets, strict=True)):
         frames, tracks = synthetic_video(seed, "train", video_idx, num_frames, size)
         shown = [track for track in tracks if track.masks.any()]
         for track in shown:

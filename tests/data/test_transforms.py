@@ -112,6 +112,6 @@ def test_resize_masks_by_coverage_equals_adaptive_max_pooling(size, out):
 def test_shapes_index_boxes_are_mask_boxes(shapes_dir):
     index = load_annotations(shapes_dir / "val" / "annotations.json")
     for masklet in index.masklets[0]:
-        for box, rle in zip(masklet.boxes_xywh, masklet.segmentations):
+        for box, rle in zip(masklet.boxes_xywh, masklet.segmentations, strict=True):
             if rle is not None:
                 assert box == rle_to_box_xywh([rle])[0].tolist()
