@@ -10,7 +10,6 @@ import torch
 from hydra.utils import instantiate
 
 from sam3.checkpoint import load_state_dict
-from sam3.model.feature_extractor import FrozenImageEncoder
 from sam3.model.vit import ViT
 from sam3.model_builder import model_config
 
@@ -133,14 +132,3 @@ def test_stochastic_depth_is_active_only_in_training():
         assert torch.equal(trunk(images), trunk(images))
         trunk.train()
         assert not torch.equal(trunk(images), trunk(images))
-
-
-def test_frozen_feature_extractor(backbone):
-    encoder = FrozenImageEncoder(copy.deepcopy(backbone.vision_backbone))
-    encoder.train()
-    assert not encoder.vision_backbone.training
-    images = torch.randn(1, 3, 168, 280)
-    features = encoder(images)
-    assert [tuple(f.shape) for f in features] == [(1, 64, 48, 80), (1, 64, 24, 40), (1, 64, 12, 20), (1, 64, 6, 10)]
-    assert not any(f.requires_grad for f in features)
-    assert all(not p.requires_grad for p in encoder.parameters())
