@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -36,9 +37,17 @@ def load_model(checkpoint: Path, name: str | None, device: torch.device) -> tupl
         name: model preset; None takes the config stored in a training checkpoint, else `DEFAULT_MODEL`.
         device: where the model goes.
     """
-    if name is None and read_model_config(checkpoint) is None:
-        name = DEFAULT_MODEL
-    model = apply_runtime_policy(build_model(name, checkpoint=checkpoint), eval_mode=True)
+    guessed = name is None and read_model_config(checkpoint) is None
+    try:
+        model = build_model(DEFAULT_MODEL if guessed else name, checkpoint=checkpoint)
+    except (ValueError, InstantiationException) as error:  # hydra wraps the loader's ValueError
+        if not guessed:
+            raise
+        raise ValueError(
+            f"{checkpoint} carries no model config and does not fit the default preset {DEFAULT_MODEL!r}; "
+            f"pass --model with the preset it was trained with ({', '.join(model_names())})"
+        ) from error
+    model = apply_runtime_policy(model, eval_mode=True)
     return model.to(device), model.backbone.vision_backbone.trunk.img_size
 
 
@@ -67,7 +76,7 @@ def predict(
     scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
     boxes = out.pred_boxes_xyxy[0, keep].clamp(0, 1) * scale  # clipped to the image
     result = {"scores": scores[keep].cpu(), "boxes_xyxy": boxes.cpu()}
-    if out.pred_masks is None:
+    if out.pred_masks is None or len(keep) == 0:
         result["masks"] = torch.zeros(len(keep), height, width, dtype=torch.bool)
     else:
         logits = F.interpolate(out.pred_masks[:, keep], size=(height, width), mode="bilinear", align_corners=False)
@@ -108,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.image.is_file():
         parser.error(f"--image {args.image} does not exist")
-    model, input_size = load_model(args.checkpoint, args.model, torch.device(args.device))
+    try:
+        model, input_size = load_model(args.checkpoint, args.model, torch.device(args.device))
+    except (ValueError, InstantiationException) as error:
+        parser.exit(2, f"predict: {error}\n")
     image = Image.open(args.image)
     detections = predict(model, image, args.prompt, input_size, args.threshold)
     print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -53,3 +54,34 @@ def test_predict_matches_the_model_forward():
     torch.testing.assert_close(detections["scores"], scores.sort(descending=True).values, atol=1e-5, rtol=1e-4)
     assert detections["masks"].shape == (16, 224, 224)
 
+
+
+def test_no_detection_above_the_threshold_writes_the_plain_image(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(build_model("tiny").state_dict(), checkpoint)
+    image_path = tmp_path / "frame.png"
+    Image.new("RGB", (64, 48), (20, 20, 20)).save(image_path)
+    overlay = tmp_path / "overlay.png"
+
+    predict.main(
+        ["--checkpoint", str(checkpoint), "--image", str(image_path), "--prompt", "red square",
+         "--model", "tiny", "--threshold", "1.0", "--out", str(overlay), "--device", "cpu"]
+    )
+
+    assert capsys.readouterr().out.splitlines()[0].startswith("0 detections of 'red square'")
+    assert Image.open(overlay).size == (64, 48)
+
+
+@pytest.mark.slow  # builds the full-size default preset to find that the tiny weights do not fit it
+def test_a_checkpoint_without_model_config_that_misfits_the_default_asks_for_the_preset(tmp_path, capsys):
+    checkpoint = tmp_path / "old_training_checkpoint.pt"
+    torch.save({"model": build_model("tiny").state_dict(), "step": 3}, checkpoint)  # before configs were stored
+    image_path = tmp_path / "frame.png"
+    Image.new("RGB", (64, 48)).save(image_path)
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(checkpoint), "--image", str(image_path), "--prompt", "x", "--device", "cpu"])
+
+    assert exit_info.value.code == 2
+    assert "pass --model with the preset it was trained with (sam3, tiny)" in capsys.readouterr().err
