@@ -63,7 +63,7 @@ def test_prior_prompt_logits_are_fed_back(model):
     image_id = seg.embed_image(image(3))
     one = seg.segment_image(image_id=image_id, points=[[10, 20]], point_labels=[1])
     prior = one.low_res_masks[one.iou_predictions.argmax()][None]
-    two = dict(image_id=image_id, points=[[10, 20], [30, 10]], point_labels=[1, 0], multimask_output=False)
+    two = {"image_id": image_id, "points": [[10, 20], [30, 10]], "point_labels": [1, 0], "multimask_output": False}
     cached = seg.segment_image(**two)
     explicit = seg.segment_image(**two, mask_input=prior)
     assert torch.equal(cached.low_res_masks, explicit.low_res_masks)
