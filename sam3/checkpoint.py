@@ -3,8 +3,10 @@ training checkpoints, into a model whose names follow the released image model.
 
 Layouts recognised (from the file's keys, after `torch.load(weights_only=True)`):
 - official: `{"model": {"detector.<image-model key>": ..., "tracker.<key>": ...}}`. `detector.` is
-  stripped; `tracker.*` and `detector.backbone.vision_backbone.sam2_convs.*` (the video tracker and its
-  neck) are recognised and reported as unused by the image model.
+  stripped. `tracker.*` and `detector.backbone.vision_backbone.sam2_convs.*` (the tracker and its
+  neck) are optional: loaded into the model's `tracker` and `backbone.vision_backbone.sam2_convs` where
+  it has them (the interactive heads), reported as unused where it does not (the memory tracker's keys,
+  or a model built with `tracker=null`).
 - training: `{"model": state_dict, "model_config": {...}, ...}` as written by our trainer; the resolved
   model config (`read_model_config`) lets tools rebuild the architecture; other entries are ignored.
 - bare: a state dict; ddp: a state dict whose keys all start with `module.`.
@@ -27,7 +29,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 OFFICIAL_MODEL_PREFIX = "detector."
-OFFICIAL_UNUSED_PREFIXES = ("tracker.", "detector.backbone.vision_backbone.sam2_convs.")
+OFFICIAL_OPTIONAL_PREFIXES = ("tracker.", "detector.backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
 MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section
 ROPE_SUFFIX = "freqs_cis"
@@ -41,13 +43,14 @@ class KeyMapping:
 
     Attributes:
         layout: "official", "ddp" or "bare".
-        renamed: file key -> model key, for every key meant for the model.
-        known_unused: file keys recognised as belonging to parts the image model does not have.
+        renamed: file key -> model key, for every key the model must have.
+        optional: file key -> model key, for keys of optional parts (tracker, second pyramid): loaded
+            when the model has the key, else reported as known unused.
     """
 
     layout: str
     renamed: dict[str, str]
-    known_unused: list[str]
+    optional: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,18 +87,17 @@ def map_checkpoint_keys(keys: Iterable[str]) -> KeyMapping:
     """Recognise the layout of a flat state dict's keys and map them to model keys."""
     keys = list(keys)
     if any(k.startswith((OFFICIAL_MODEL_PREFIX, "tracker.")) for k in keys):
-        renamed, unused = {}, []
+        renamed, optional = {}, {}
         for key in keys:
-            if key.startswith(OFFICIAL_UNUSED_PREFIXES):
-                unused.append(key)
-            elif key.startswith(OFFICIAL_MODEL_PREFIX):
-                renamed[key] = key[len(OFFICIAL_MODEL_PREFIX) :]
+            model_key = key.removeprefix(OFFICIAL_MODEL_PREFIX)
+            if key.startswith(OFFICIAL_OPTIONAL_PREFIXES):
+                optional[key] = model_key
             else:
-                renamed[key] = key  # reported as unexpected unless the model has it
-        return KeyMapping("official", renamed, unused)
+                renamed[key] = model_key  # a key outside `detector.` is unexpected unless the model has it
+        return KeyMapping("official", renamed, optional)
     if keys and all(k.startswith(DDP_PREFIX) for k in keys):
-        return KeyMapping("ddp", {k: k[len(DDP_PREFIX) :] for k in keys}, [])
-    return KeyMapping("bare", {k: k for k in keys}, [])
+        return KeyMapping("ddp", {k: k[len(DDP_PREFIX) :] for k in keys})
+    return KeyMapping("bare", {k: k for k in keys})
 
 
 def read_model_config(path: str | Path) -> dict | None:
@@ -152,8 +154,14 @@ def load_state_dict(
     """Load an in-memory state dict of any recognised layout; see `load_sam3_weights`."""
     mapping = map_checkpoint_keys(state_dict)
     layout = "training" if wrapped and mapping.layout == "bare" else mapping.layout
-    report = LoadReport(source=source, layout=layout, known_unused=list(mapping.known_unused))
+    report = LoadReport(source=source, layout=layout)
+    own = model.state_dict()
     incoming = {}
+    for file_key, model_key in mapping.optional.items():
+        if model_key.startswith(prefix) and model_key[len(prefix) :] in own:
+            incoming[model_key[len(prefix) :]] = state_dict[file_key]
+        else:
+            report.known_unused.append(file_key)
     for file_key, model_key in mapping.renamed.items():
         if prefix:
             if not model_key.startswith(prefix):
@@ -162,7 +170,6 @@ def load_state_dict(
             model_key = model_key[len(prefix) :]
         incoming[model_key] = state_dict[file_key]
 
-    own = model.state_dict()
     to_load = {}
     for key, tensor in incoming.items():
         if key.endswith(ROPE_SUFFIX) and key in own:
@@ -230,8 +237,8 @@ def _check_rope(model: nn.Module, key: str, table: torch.Tensor, report: LoadRep
 
 
 def _unused_summary(keys: list[str]) -> str:
-    """' (22 detector.backbone.vision_backbone.sam2_convs.*, 309 tracker.*)' style summary."""
+    """' (160 tracker.*)' style summary."""
     if not keys:
         return ""
-    counts = {p: sum(k.startswith(p) for k in keys) for p in OFFICIAL_UNUSED_PREFIXES}
+    counts = {p: sum(k.startswith(p) for k in keys) for p in OFFICIAL_OPTIONAL_PREFIXES}
     return " (" + ", ".join(f"{n} {p}*" for p, n in counts.items() if n) + ")"

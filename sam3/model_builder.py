@@ -25,6 +25,7 @@ from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
 from sam3.model.scoring import DotProductScoring
 from sam3.model.seg_head import SegmentationHead
 from sam3.model.text_encoder import TextEncoder
+from sam3.model.tracker import Tracker
 from sam3.model.vl_backbone import VLBackbone
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def build_sam3_image_model(
     geometry_encoder: GeometryEncoder,
     segmentation_head: SegmentationHead | None = None,
     enable_segmentation: bool = True,
+    tracker: Tracker | None = None,
     checkpoint_path: str | Path | None = None,
 ) -> Sam3Image:
     """Compose the SAM3 image model from built parts, then load weights (never overwritten by init).
@@ -153,6 +155,8 @@ def build_sam3_image_model(
         segmentation_head: mask head; dropped when `enable_segmentation` is False.
         enable_segmentation: keep the segmentation head (masks); False drops it, and a checkpoint's
             `segmentation_head.*` weights are then ignored.
+        tracker: interactive point / box heads; they need the neck's `sam2_convs` pyramid. None
+            leaves them out (a checkpoint's `tracker.*` and `sam2_convs` keys are then reported unused).
         checkpoint_path: official, bare, DDP or training checkpoint loaded strictly through
             `sam3.checkpoint`; None keeps the initialisation.
     """
@@ -166,6 +170,13 @@ def build_sam3_image_model(
         raise ValueError(f"model width d_model={d_model} but these parts differ: {wrong}")
     if enable_segmentation and segmentation_head is None:
         raise ValueError("enable_segmentation=True needs a segmentation_head config")
+    if tracker is not None and backbone.vision_backbone.sam2_convs is None:
+        raise ValueError(
+            "the tracker needs the neck's second pyramid: set backbone.vision_backbone.use_sam2_convs=true, "
+            "or tracker=null to build the model without interactive heads"
+        )
+    if tracker is not None and tracker.d_model != d_model:
+        raise ValueError(f"model width d_model={d_model} but the tracker's is {tracker.d_model}")
     model = Sam3Image(
         backbone=backbone,
         encoder=encoder,
@@ -173,6 +184,7 @@ def build_sam3_image_model(
         dot_prod_scoring=dot_prod_scoring,
         geometry_encoder=geometry_encoder,
         segmentation_head=segmentation_head if enable_segmentation else None,
+        tracker=tracker,
     )
     init_transformer_weights(model)
     if checkpoint_path is not None:

@@ -43,10 +43,11 @@ def test_released_layout_maps_onto_the_image_model(reference_dir):
     assert mapping.layout == "official"
     assert sorted(mapping.renamed.values()) == sorted(image_keys)
     assert all(file_key == "detector." + key for file_key, key in mapping.renamed.items())
-    unused = mapping.known_unused
-    assert sum(k.startswith("detector.backbone.vision_backbone.sam2_convs.") for k in unused) == 22
-    assert sum(k.startswith("tracker.") for k in unused) == 309
-    assert len(unused) == 331
+    optional = mapping.optional
+    assert sum(k.startswith("detector.backbone.vision_backbone.sam2_convs.") for k in optional) == 22
+    assert sum(k.startswith("tracker.") for k in optional) == 309
+    assert len(optional) == 331
+    assert all(v == k.removeprefix("detector.") for k, v in optional.items())
 
 
 def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
@@ -62,8 +63,31 @@ def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
     report = load_state_dict(backbone, state, prefix="backbone.", wrapped=True)
     assert report.layout == "official" and not report.problems
     assert len(report.loaded) == len(backbone.state_dict()) - 32  # all but the 32 RoPE tables
-    assert len(report.known_unused) == 331
+    assert sum(k.startswith("vision_backbone.sam2_convs.") for k in report.loaded) == 22
+    assert len(report.known_unused) == 309 and all(k.startswith("tracker.") for k in report.known_unused)
     assert all(not k.startswith("backbone.") for k in report.outside_prefix)
+
+
+def test_released_layout_fits_the_full_model_with_interactive_heads(reference_dir):
+    with torch.device("meta"):
+        model = instantiate(model_config("sam3"))
+    layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
+    state = {
+        key: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+        for key, shape, dtype in layout
+        if not key.endswith("freqs_cis")
+    }
+    report = load_state_dict(model, state, wrapped=True)
+    assert len(layout) == 1465
+    assert report.layout == "official" and not report.problems
+    assert len(report.loaded) == len(model.state_dict()) - 32  # all but the 32 RoPE tables
+    tracker_loaded = [k for k in report.loaded if k.startswith("tracker.")]
+    assert len(tracker_loaded) == 149 == len(model.tracker.state_dict())
+    assert sum(k.startswith("backbone.vision_backbone.sam2_convs.") for k in report.loaded) == 22
+    # Unused: only the memory tracker (memory encoder, memory attention, object pointers, ...).
+    assert len(report.known_unused) == 309 - 149
+    interactive = ("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.", "tracker.no_mem_embed")
+    assert not [k for k in report.known_unused if not k.startswith("tracker.") or k.startswith(interactive)]
 
 
 def test_ddp_and_bare_layouts_are_recognised():
@@ -96,7 +120,6 @@ def test_training_checkpoint_and_ddp_prefix(source, target, tmp_path):
 
 def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
     state = {f"detector.backbone.{k}": v for k, v in source.state_dict().items()}
-    state["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight"] = torch.zeros(3, 3)
     state["tracker.maskmem_tpos_enc"] = torch.zeros(7, 1, 1, 64)
     state["detector.geometry_encoder.norm.weight"] = torch.ones(64)  # another part of the full model
     path = tmp_path / "sam3.pt"
@@ -104,12 +127,9 @@ def test_official_layout_reports_unused_keys(source, target, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="sam3.checkpoint"):
         report = load_sam3_weights(target, path, prefix="backbone.")
     assert report.layout == "official"
-    assert report.known_unused == [
-        "detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight",
-        "tracker.maskmem_tpos_enc",
-    ]
+    assert report.known_unused == ["tracker.maskmem_tpos_enc"]
     assert report.outside_prefix == ["geometry_encoder.norm.weight"]
-    assert "(1 tracker.*, 1 detector.backbone.vision_backbone.sam2_convs.*)" in caplog.text
+    assert "(1 tracker.*)" in caplog.text
     assert_same_weights(source, target)
 
 

@@ -21,6 +21,7 @@ from sam3.model.encoder import FusionEncoder
 from sam3.model.geometry_encoder import GeometryEncoder, GeometryPrompts
 from sam3.model.scoring import DotProductScoring
 from sam3.model.seg_head import SegmentationHead
+from sam3.model.tracker import Tracker
 from sam3.model.vl_backbone import VLBackbone
 from sam3.ops.boxes import box_cxcywh_to_xyxy
 from sam3.structures import ClipBatch, DetectorOutput
@@ -36,6 +37,8 @@ class Sam3Image(nn.Module):
         dot_prod_scoring: query scorer (`dot_prod_scoring.*`).
         geometry_encoder: box / point prompt encoder (`geometry_encoder.*`).
         segmentation_head: mask head (`segmentation_head.*`), or None to skip masks.
+        tracker: interactive point / box heads (`tracker.*`) on the neck's `sam2_convs` pyramid, or None.
+            Not used by `forward`; see `sam3.interactive`.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Sam3Image(nn.Module):
         dot_prod_scoring: DotProductScoring,
         geometry_encoder: GeometryEncoder,
         segmentation_head: SegmentationHead | None,
+        tracker: Tracker | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -54,6 +58,7 @@ class Sam3Image(nn.Module):
         self.transformer = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
         self.dot_prod_scoring = dot_prod_scoring
         self.segmentation_head = segmentation_head
+        self.tracker = tracker
 
     def parts(self) -> dict[str, nn.Module | None]:
         """The constructor arguments of this model (the modules themselves, not copies)."""
@@ -64,6 +69,7 @@ class Sam3Image(nn.Module):
             "dot_prod_scoring": self.dot_prod_scoring,
             "geometry_encoder": self.geometry_encoder,
             "segmentation_head": self.segmentation_head,
+            "tracker": self.tracker,
         }
 
     def forward(self, batch: ClipBatch, geometry: GeometryPrompts | None = None) -> DetectorOutput:

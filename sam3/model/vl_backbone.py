@@ -41,20 +41,31 @@ class VLBackbone(nn.Module):
         """Encode images and texts: the union of `forward_image` and `forward_text`."""
         return {**self.forward_image(images), **self.forward_text(texts)}
 
-    def forward_image(self, images: torch.Tensor) -> dict[str, object]:
+    def forward_image(self, images: torch.Tensor, with_sam2: bool = False) -> dict[str, object]:
         """Encode images.
 
         Args:
             images: (B, 3, H, W) images normalised to [-1, 1] (mean 0.5, std 0.5), H and W multiples
                 of the patch size.
+            with_sam2: also return the neck's second pyramid (`sam2_backbone_fpn`, `sam2_vision_pos_enc`,
+                same shapes as below) for the interactive heads, from the same trunk pass.
 
         Returns:
             backbone_fpn: list of (B, C, h_l, w_l) levels, finest first (4x, 2x, 1x the token grid).
             vision_pos_enc: list of (B, C, h_l, w_l) sine position encodings, one per level.
             vision_features: the coarsest returned level, (B, C, h, w).
         """
-        features, pos = self.vision_backbone(images, num_levels=self.num_feature_levels)
-        return {"backbone_fpn": features, "vision_pos_enc": pos, "vision_features": features[-1]}
+        if not with_sam2:
+            features, pos = self.vision_backbone(images, num_levels=self.num_feature_levels)
+            return {"backbone_fpn": features, "vision_pos_enc": pos, "vision_features": features[-1]}
+        features, pos, sam2_features, sam2_pos = self.vision_backbone.forward_dual(images, self.num_feature_levels)
+        return {
+            "backbone_fpn": features,
+            "vision_pos_enc": pos,
+            "vision_features": features[-1],
+            "sam2_backbone_fpn": sam2_features,
+            "sam2_vision_pos_enc": sam2_pos,
+        }
 
     def forward_text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Encode B texts.

@@ -1,6 +1,12 @@
-"""Detect and segment every instance of a text prompt in one image with a SAM3 checkpoint.
+"""Detect and segment every instance of a text prompt in one image with a SAM3 checkpoint, or segment
+one object from clicks and / or a box with the interactive heads.
 
     python -m sam3.tools.predict --checkpoint sam3.pt --image street.jpg --prompt "red car" --out overlay.png
+    python -m sam3.tools.predict --checkpoint sam3.pt --image street.jpg --points 120,80 300,90,0 --out click.png
+    python -m sam3.tools.predict --checkpoint sam3.pt --image street.jpg --box 40,30,260,200 --out box.png
+
+Clicks are X,Y[,LABEL] in pixels of the image (label 1 positive, the default; 0 negative); the box is
+X0,Y0,X1,Y1. One click gives the best of three masks by predicted IoU, more prompts a single mask.
 
 The model is the one the checkpoint was trained with when it is one of our training checkpoints (they
 carry their model config), else the `--model` preset (default: the released size, `sam3`).
@@ -15,6 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
@@ -22,6 +29,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 
 from sam3.checkpoint import read_model_config
+from sam3.interactive import InteractiveSegmenter
 from sam3.model.sam3_image import Sam3Image
 from sam3.model_builder import apply_runtime_policy, build_model, model_names
 
@@ -84,6 +92,42 @@ def predict(
     return result
 
 
+def segment_interactive(
+    model: Sam3Image, image: Image.Image, points: list[list[float]], box: list[float] | None
+) -> dict[str, torch.Tensor]:
+    """One object's mask from clicks ([x, y, label] in pixels) and / or a box (xyxy pixels), as a detection.
+
+    Returns:
+        scores (1,) predicted IoU, boxes_xyxy (1, 4) the mask's bounding box (or zeros), masks (1, height, width).
+    """
+    segmenter = InteractiveSegmenter(model, image_cache_size=1)
+    pixels = np.asarray(image.convert("RGB"))
+    coords = [p[:2] for p in points] or None
+    labels = [int(p[2]) for p in points] or None
+    result = segmenter.segment_image(
+        image=pixels, points=coords, point_labels=labels, boxes=box, multimask_output=len(points) <= 1 and box is None
+    )
+    best = int(result.iou_predictions.argmax())
+    mask = result.masks[best].cpu()
+    ys, xs = mask.nonzero(as_tuple=True)
+    box_xyxy = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]] if len(xs) else [[0, 0, 0, 0]])
+    return {"scores": result.iou_predictions[best : best + 1].cpu(), "boxes_xyxy": box_xyxy.float(), "masks": mask[None]}
+
+
+def _point(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"a click is X,Y or X,Y,LABEL, got {text!r}")
+    return values if len(values) == 3 else [*values, 1.0]
+
+
+def _box(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1, got {text!r}")
+    return values
+
+
 def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor]) -> Image.Image:
     """`image` with each detection's mask tinted and its box and score drawn."""
     canvas = image.convert("RGB")
@@ -103,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="official, bare, DDP or training checkpoint")
     parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--prompt", required=True, help='a noun phrase, e.g. "red car"')
+    parser.add_argument("--prompt", default=None, help='a noun phrase, e.g. "red car"')
+    parser.add_argument("--points", type=_point, nargs="+", default=[], help="clicks X,Y[,LABEL] in image pixels")
+    parser.add_argument("--box", type=_box, default=None, help="a box X0,Y0,X1,Y1 in image pixels")
     parser.add_argument("--out", type=Path, default=None, help="write the overlay image here")
     parser.add_argument(
         "--model",
@@ -117,13 +163,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.image.is_file():
         parser.error(f"--image {args.image} does not exist")
+    interactive = bool(args.points) or args.box is not None
+    if interactive == (args.prompt is not None):
+        parser.error("give either --prompt (text) or --points / --box (clicks)")
     try:
         model, input_size = load_model(args.checkpoint, args.model, torch.device(args.device))
     except (ValueError, InstantiationException) as error:
         parser.exit(2, f"predict: {error}\n")
     image = Image.open(args.image)
-    detections = predict(model, image, args.prompt, input_size, args.threshold)
-    print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")
+    if interactive:
+        detections = segment_interactive(model, image, args.points, args.box)
+        print(f"interactive mask in {args.image} (predicted IoU)")
+    else:
+        detections = predict(model, image, args.prompt, input_size, args.threshold)
+        print(f"{len(detections['scores'])} detections of {args.prompt!r} in {args.image} (score > {args.threshold})")
     for score, box in zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True):
         print(f"score {score:.3f}  box_xyxy {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}")
     if args.out is not None:

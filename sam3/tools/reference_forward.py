@@ -31,6 +31,8 @@ PROMPT = "dog"
 BOXES_CXCYWH = [[0.45, 0.5, 0.4, 0.4], [0.76, 0.18, 0.26, 0.16]]
 BOX_LABELS = [True, False]
 CASES = ("text", "text_boxes")
+# Meta's image model (the recipe, the manifest) is built without the interactive heads.
+WITHOUT_INTERACTIVE = ("tracker=null", "backbone.vision_backbone.use_sam2_convs=false")
 
 
 def build_seeded_model(seed: int, name: str = "sam3", manifest_path: Path | None = None) -> Sam3Image:
@@ -39,7 +41,7 @@ def build_seeded_model(seed: int, name: str = "sam3", manifest_path: Path | None
     RoPE tables (complex buffers) are the model's own. With `manifest_path`, the model's state dict
     must first equal the manifest key by key (shape and dtype).
     """
-    model = apply_runtime_policy(build_model(name), eval_mode=True)
+    model = apply_runtime_policy(build_model(name, overrides=WITHOUT_INTERACTIVE), eval_mode=True)
     state = model.state_dict(keep_vars=True)
     if manifest_path is not None:
         manifest = {k: (shape, dtype) for k, shape, dtype in read_manifest(manifest_path)}

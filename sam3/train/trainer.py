@@ -11,6 +11,7 @@ of s, so there is no scheduler state to save.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 VISION_PREFIX = "backbone.vision_backbone."
 TEXT_PREFIX = "backbone.language_backbone."
+INTERACTIVE_PARAMS = ("tracker.*", "backbone.vision_backbone.sam2_convs.*")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +64,9 @@ class TrainerConfig:
         amp: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "none".
         freeze_vision: keep the image encoder (trunk and neck) frozen.
         freeze_text: keep the text encoder frozen.
+        frozen_params: globs of full parameter names kept frozen (a pattern may match nothing, e.g. in a
+            model built with tracker=null). Default: the interactive heads and their pyramid, which
+            detector fine-tuning does not train, so a fine-tuned checkpoint keeps the released ones.
         find_unused_parameters: tell DDP that some parameters get no gradient. The released layout has
             parameters image training never uses (neck level 0.5x, text projection, semantic head, ...),
             so this defaults to true; freezing those parameters instead allows false.
@@ -81,6 +86,7 @@ class TrainerConfig:
     amp: str = "auto"
     freeze_vision: bool = False
     freeze_text: bool = False
+    frozen_params: tuple[str, ...] = INTERACTIVE_PARAMS
     find_unused_parameters: bool = True
     max_nonfinite_skips: int = 0
     allow_random_init: bool = False
@@ -254,14 +260,15 @@ class Trainer:
     # ---------------------------------------------------------------------------------- internals
     def _freeze(self) -> None:
         prefixes = [p for p, on in ((VISION_PREFIX, self.config.freeze_vision), (TEXT_PREFIX, self.config.freeze_text)) if on]
-        if not prefixes:
+        patterns = [f"{p}*" for p in prefixes] + list(self.config.frozen_params)
+        if not patterns:
             return
         frozen = 0
         for name, param in self.model.named_parameters():
-            if name.startswith(tuple(prefixes)):
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
                 param.requires_grad_(False)
                 frozen += param.numel()
-        logger.info("froze %d parameters under %s", frozen, prefixes)
+        logger.info("froze %d parameters matching %s", frozen, patterns)
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world_size == 1:

@@ -23,16 +23,19 @@ REL_TOL = 1e-4  # max |ours - official| <= REL_TOL * std(official), per tensor
 def test_full_preset_matches_the_manifest_key_by_key(reference_dir):
     with torch.device("meta"):
         backbone = instantiate(model_config("sam3").backbone)
+    # The released layout: the image model's backbone plus the second pyramid (`sam2_convs`).
     manifest = {
-        key.removeprefix("backbone."): (shape, dtype)
-        for key, shape, dtype in read_manifest(reference_dir / "sam3_image_state_dict.tsv")
-        if key.startswith("backbone.")
+        key.removeprefix("detector.backbone."): (shape, dtype)
+        for key, shape, dtype in read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
+        if key.startswith("detector.backbone.")
     }
     ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in backbone.state_dict().items()}
     assert sorted(set(manifest) - set(ours)) == []
     assert sorted(set(ours) - set(manifest)) == []
     assert {k: v for k, v in ours.items() if manifest[k] != v} == {}
-    assert sum(p.numel() for p in backbone.parameters()) == 807_764_480
+    sam2_convs = sum(p.numel() for p in backbone.vision_backbone.sam2_convs.parameters())
+    assert sam2_convs == sum(p.numel() for p in backbone.vision_backbone.convs.parameters())
+    assert sum(p.numel() for p in backbone.parameters()) - sam2_convs == 807_764_480
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])

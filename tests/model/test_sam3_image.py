@@ -17,8 +17,11 @@ from sam3.tools.seeded_init import read_manifest
 
 TINY_QUERIES = 16
 # Parameters the image forward never uses (reference README): the neck's 0.5x level, CLIP's pooled
-# text projection, the pixel decoder's third stage and (without a semantic loss) the semantic head.
+# text projection, the pixel decoder's third stage, (without a semantic loss) the semantic head, and the
+# interactive heads with their pyramid (`sam3.interactive` uses them, not the grounding forward).
 NEVER_USED = (
+    "backbone.vision_backbone.sam2_convs.",
+    "tracker.",
     "backbone.vision_backbone.convs.3.",
     "backbone.language_backbone.encoder.text_projection",
     "segmentation_head.pixel_decoder.conv_layers.2.",
@@ -207,12 +210,22 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_full_preset_has_exactly_the_official_keys(reference_dir):
+@pytest.mark.parametrize("interactive", [False, True])
+def test_full_preset_has_exactly_the_official_keys(reference_dir, interactive):
+    overrides = [] if interactive else ["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"]
     with torch.device("meta"):
-        model = instantiate(model_config("sam3"))
+        model = instantiate(model_config("sam3", overrides))
     manifest = {k: (shape, dtype) for k, shape, dtype in read_manifest(reference_dir / "sam3_image_state_dict.tsv")}
+    if interactive:  # plus the released interactive heads and their pyramid, under their released names
+        layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
+        interactive_prefixes = ("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.", "tracker.no_mem_embed")
+        manifest.update(
+            {k.removeprefix("detector."): (shape, dtype) for k, shape, dtype in layout if "sam2_convs" in k}
+        )
+        manifest.update({k: (shape, dtype) for k, shape, dtype in layout if k.startswith(interactive_prefixes)})
     ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
     assert sorted(set(manifest) - set(ours)) == []
     assert sorted(set(ours) - set(manifest)) == []
     assert {k: v for k, v in ours.items() if manifest[k] != v} == {}
-    assert sum(p.numel() for p in model.parameters()) == 840_509_750
+    if not interactive:
+        assert sum(p.numel() for p in model.parameters()) == 840_509_750

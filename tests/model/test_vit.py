@@ -15,7 +15,11 @@ from sam3.model_builder import model_config
 
 # Parameters that by design never get a gradient in image grounding (reference README): the neck's
 # 0.5x level (not passed on) and CLIP's pooled text projection (per-token features are used).
-NO_GRAD_BY_DESIGN = ("vision_backbone.convs.3.", "language_backbone.encoder.text_projection")
+NO_GRAD_BY_DESIGN = (
+    "vision_backbone.convs.3.",
+    "vision_backbone.sam2_convs.",  # the interactive heads' pyramid, not computed by `forward`
+    "language_backbone.encoder.text_projection",
+)
 
 
 def tiny_config(**trunk_overrides):

@@ -85,3 +85,20 @@ def test_a_checkpoint_without_model_config_that_misfits_the_default_asks_for_the
 
     assert exit_info.value.code == 2
     assert "pass --model with the preset it was trained with (sam3, tiny)" in capsys.readouterr().err
+
+
+def test_predict_segments_clicks_and_a_box(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(build_model("tiny").state_dict(), checkpoint)
+    image_path = tmp_path / "frame.png"
+    Image.new("RGB", (150, 100), (20, 20, 20)).save(image_path)
+    overlay = tmp_path / "click.png"
+    predict.main(
+        ["--checkpoint", str(checkpoint), "--image", str(image_path), "--points", "40,30", "60,50,0",
+         "--box", "10,10,90,70", "--model", "tiny", "--out", str(overlay), "--device", "cpu"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("interactive mask in") and len(lines) == 3
+    assert 0 <= float(lines[1].split()[1]) <= 1
+    assert Image.open(overlay).size == (150, 100)

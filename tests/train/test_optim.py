@@ -47,8 +47,10 @@ def _experiment(name: str, *overrides: str):
 
 
 def _meta_model(preset: str) -> nn.Module:
+    # Meta's image fine-tune has no interactive heads; training keeps ours frozen (trainer.frozen_params).
+    without_interactive = ["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"]
     with torch.device("meta"):
-        return instantiate(model_config(preset))
+        return instantiate(model_config(preset, without_interactive))
 
 
 @pytest.fixture(scope="module")
