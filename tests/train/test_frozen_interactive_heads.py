@@ -12,7 +12,10 @@ INTERACTIVE = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 
 
 def test_fine_tune_keeps_the_interactive_heads(tmp_path, shapes_root):
-    cfg = tiny_run_config(tmp_path / "run", shapes_root, "trainer.max_steps=1", "data.val=null")
+    cfg = tiny_run_config(  # the fine-tuning experiment (the demo leaves the heads out), tiny model
+        tmp_path / "run", shapes_root, "paths.checkpoint=null", "trainer.max_steps=1", "data.val=null", "data.num_workers=0",
+        config_name="roboflow_video_ft",
+    )
     trainer = build_trainer(cfg, torch.device("cpu"))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith(INTERACTIVE)}
     assert len([k for k in before if k.startswith("tracker.")]) > 100
