@@ -63,7 +63,14 @@ class ExportableSam3(nn.Module):
             out = self._grounding(images, token_ids, boxes_cxcywh, box_labels, box_padding)
         return tuple(t.float() for t in out)
 
-    def _grounding(self, images, token_ids, boxes_cxcywh, box_labels, box_padding) -> tuple[torch.Tensor, ...]:
+    def _grounding(
+        self,
+        images: torch.Tensor,
+        token_ids: torch.Tensor,
+        boxes_cxcywh: torch.Tensor | None,
+        box_labels: torch.Tensor | None,
+        box_padding: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
         num_images, num_prompts = images.shape[0], token_ids.shape[0]
         vision = self.model.backbone.forward_image(images)
         text = self.model.backbone.forward_tokens(token_ids)
@@ -135,10 +142,18 @@ def export_model(
 
     Args:
         model: the grounding model; put in eval mode here.
-        example: inputs fixing the static sizes (their B, P, K are not baked in).
+        example: inputs fixing the static sizes (their B, P, K, each >= 2, are not baked in).
         use_bf16: bfloat16 autocast inside the graph.
         strict: trace with Dynamo (`strict=True`) instead of the Python-level tracer.
     """
+    sizes = {"images": example.images.shape[0], "prompts": example.token_ids.shape[0]}
+    if example.boxes_cxcywh is not None:
+        sizes["boxes"] = example.boxes_cxcywh.shape[1]
+    if min(sizes.values()) < 2:
+        raise ValueError(
+            f"export example sizes {sizes}: torch.export specialises a dynamic size seen as 1, so give at "
+            "least 2 of each (the artifact still accepts 1)"
+        )
     wrapper = ExportableSam3(model.eval(), use_bf16=use_bf16)
     batch, prompts = Dim("batch", min=1), Dim("prompts", min=1)
     shapes: list[dict[int, Dim] | None] = [{0: batch}, {0: prompts}]

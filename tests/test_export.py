@@ -64,6 +64,11 @@ def test_exported_equals_eager(model, programs, num_images, num_prompts, with_bo
     assert max(diffs.values()) <= FP32_TOL, diffs
 
 
+def test_an_example_of_size_one_is_refused(model):
+    with pytest.raises(ValueError, match="at least 2"):
+        export_model(model, example_inputs(model, image_size=IMAGE_SIZE, num_images=1))
+
+
 def test_rows_are_image_major(model):
     """Row b*P + p of a (B, P) call is image b with prompt p, as a (1, 1) call gives it."""
     check = _inputs(model, 2, 3, with_boxes=True)
@@ -76,7 +81,8 @@ def test_rows_are_image_major(model):
 
 
 def test_round_trip_in_a_process_without_sam3(model, programs, tmp_path):
-    """Text artifact with torch alone; the box artifact needs `import torchvision` (its roi_align op)."""
+    """Text artifact with torch alone; the box artifact needs `import torchvision` (its roi_align op).
+    The README's token ids (open_clip's tokenizer, no sam3) are ours."""
     checks = {0: _inputs(model, 3, 2, with_boxes=False), 3: _inputs(model, 3, 2, with_boxes=True)}
     for num_boxes, check in checks.items():
         torch.export.save(programs[num_boxes], tmp_path / f"model{num_boxes}.pt2")
@@ -88,11 +94,14 @@ def test_round_trip_in_a_process_without_sam3(model, programs, tmp_path):
         "    torch.save(list(program(*torch.load(f'inputs{name}.pt'))), f'outputs{name}.pt')\n"
         "run(0)\n"
         "assert 'torchvision' not in sys.modules, 'the text artifact imported torchvision'\n"
+        "from open_clip.tokenizer import SimpleTokenizer\n"
+        "torch.save(SimpleTokenizer(context_length=32, clean='lower')(['cat', 'a red car']), 'tokens.pt')\n"
         "import torchvision\n"
         "run(3)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'sam3'], 'sam3 was imported'\n"
     )
     subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "tokens.pt"), checks[0].token_ids), "README's tokenizer differs"
     for num_boxes, check in checks.items():
         with torch.no_grad():
             expected = ExportableSam3(model)(*check.as_args())
@@ -140,7 +149,7 @@ def test_full_preset_export_matches_the_official_reference():
     boxes = torch.tensor([BOXES_CXCYWH])
     labels = torch.tensor([BOX_LABELS])
     args = (fixed_input(), token_ids, boxes, labels, torch.zeros_like(labels))
-    program = export_model(model, example_inputs(model, image_size=1008, num_images=1, prompts=(PROMPT,), num_boxes=2))
+    program = export_model(model, example_inputs(model, image_size=1008, num_boxes=2))
     with torch.no_grad():
         logits, boxes_cxcywh, presence, masks, _ = program.module()(*args)
     order = logits[0, :, 0].argsort(descending=True)
