@@ -25,20 +25,23 @@ from sam3.model_builder import apply_runtime_policy, build_model
 PROMPTS = ("a red car", "dog", "the person on the left", "boat")
 
 
-def images_per_second(run, args: tuple[torch.Tensor, ...], iters: int) -> float:
-    """Median images/s of `run(*args)` over `iters` calls after one warm-up call."""
+def images_per_second(runs: dict, args: tuple[torch.Tensor, ...], iters: int) -> dict[str, float]:
+    """Median images/s of each `run(*args)` over `iters` rounds (one call of each per round, interleaved
+    so that load from other processes hits all alike), after one warm-up call each."""
+    times: dict[str, list[float]] = {kind: [] for kind in runs}
     with torch.no_grad():
-        run(*args)
-        times = []
-        for _ in range(iters):
-            if args[0].is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        for run in runs.values():
             run(*args)
-            if args[0].is_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return args[0].shape[0] / statistics.median(times)
+        for _ in range(iters):
+            for kind, run in runs.items():
+                if args[0].is_cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run(*args)
+                if args[0].is_cuda:
+                    torch.cuda.synchronize()
+                times[kind].append(time.perf_counter() - start)
+    return {kind: args[0].shape[0] / statistics.median(t) for kind, t in times.items()}
 
 
 def bench_preset(name: str, image_size: int, a: argparse.Namespace, folder: Path) -> None:
@@ -59,11 +62,16 @@ def bench_preset(name: str, image_size: int, a: argparse.Namespace, folder: Path
             from torch._inductor import aoti_load_package
 
             start = time.perf_counter()
-            package = compile_aoti(program, folder / f"{name}_{image_size}_{int(use_bf16)}.pt2")
+            package = compile_aoti(program, folder / f"{name}_{image_size}_{int(use_bf16)}.aoti.pt2")
             aoti_s = time.perf_counter() - start
             rows["aoti"] = aoti_load_package(str(package))
-        rates = {kind: images_per_second(run, check.as_args(), a.iters) for kind, run in rows.items()}
-        print(f"{label}: export {export_s:.1f} s" + (f", AOTI compile {aoti_s:.1f} s" if a.aoti else ""))
+        saved = folder / f"{name}_{image_size}_{int(use_bf16)}.pt2"
+        torch.export.save(program, saved)
+        sizes = f"artifact {saved.stat().st_size / 2**20:.0f} MB"
+        if a.aoti:
+            sizes += f", AOTI package {package.stat().st_size / 2**20:.0f} MB"
+        rates = images_per_second(rows, check.as_args(), a.iters)
+        print(f"{label}: export {export_s:.1f} s" + (f", AOTI compile {aoti_s:.1f} s" if a.aoti else "") + f"; {sizes}")
         for kind, rate in rates.items():
             print(f"  {kind:9s} {rate:8.3f} images/s  x{rate / rates['eager']:.2f} of eager")
 

@@ -1,6 +1,7 @@
 """`torch.export` of the whole grounding pipeline: one `ExportedProgram` from pixels and token ids to
 boxes, scores and masks (image encoder, text encoder, geometry encoder, fusion encoder, decoder,
-scoring, segmentation head), runnable with plain torch and no `sam3` installed.
+scoring, segmentation head), runnable with plain torch and no `sam3` installed (an artifact with box
+prompts calls torchvision's `roi_align`: `import torchvision` registers it before loading).
 
 The artifact's contract is tensors only (no strings, no dataclasses):
 
@@ -19,7 +20,6 @@ runs the model under autocast inside the graph.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,6 @@ from torch.export import Dim, ExportedProgram
 
 from sam3.model.geometry_encoder import GeometryPrompts
 from sam3.model.sam3_image import Sam3Image
-
-logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("pred_logits", "pred_boxes", "presence_logit_dec", "pred_masks", "scores")
 
