@@ -55,7 +55,7 @@ class GeometryPrompts:
 
     @property
     def num_pairs(self) -> int:
-        return int(self.boxes_cxcywh.shape[0])
+        return self.boxes_cxcywh.shape[0]
 
 
 class GeometryEncoder(nn.Module):
@@ -218,9 +218,11 @@ def _sine_xy(x: torch.Tensor, y: torch.Tensor, num_feats: int) -> tuple[torch.Te
 
 
 def _pack_left(tokens: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Moves every pair's valid tokens to the front, keeping their order: (B, G, C), (B, G)."""
-    if not bool(padding.any()):
-        return tokens, padding
+    """Moves every pair's valid tokens to the front, keeping their order: (B, G, C), (B, G).
+
+    Branch-free (a stable sort of an unpadded row is the identity), so the graph does not depend on
+    the values of `padding` and exports with dynamic shapes.
+    """
     order = torch.sort(padding.to(torch.uint8), dim=1, stable=True).indices  # B, G
     tokens = torch.gather(tokens, 1, order[..., None].expand(-1, -1, tokens.shape[-1]))
     return tokens, torch.gather(padding, 1, order)

@@ -39,7 +39,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
-        self._grid_cache: dict[tuple[int, int, torch.device, bool], torch.Tensor] = {}
+        self._grid_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def _inv_freq(self, device: torch.device) -> torch.Tensor:
         """(C/2,) inverse frequencies, each repeated for a sin/cos pair."""
@@ -63,15 +63,20 @@ class PositionEmbeddingSine(nn.Module):
             (B, C, H, W) float32 encodings, y channels first; computed once per (H, W, device).
         """
         h, w = x.shape[-2:]
-        key = (h, w, x.device, torch.is_inference_mode_enabled())  # inference tensors are kept apart
+        key = (h, w, x.device)
         if key not in self._grid_cache:
-            y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=x.device)
-            x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=x.device)
-            if self.normalize:
-                eps = 1e-6
-                y_embed = y_embed / (y_embed[-1:] + eps) * self.scale
-                x_embed = x_embed / (x_embed[-1:] + eps) * self.scale
-            pos_y = self._encode_1d(y_embed)[:, None, :].expand(h, w, -1)  # (H, W, C/2)
-            pos_x = self._encode_1d(x_embed)[None, :, :].expand(h, w, -1)  # (H, W, C/2)
-            self._grid_cache[key] = torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (C, H, W)
+            self._grid_cache[key] = self._grid(h, w, x.device)
         return self._grid_cache[key][None].expand(x.shape[0], -1, -1, -1)
+
+    @torch.inference_mode(False)  # a normal tensor, usable both in and out of inference mode
+    def _grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(C, H, W) encoding of an (H, W) grid."""
+        y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=device)
+        x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=device)
+        if self.normalize:
+            eps = 1e-6
+            y_embed = y_embed / (y_embed[-1:] + eps) * self.scale
+            x_embed = x_embed / (x_embed[-1:] + eps) * self.scale
+        pos_y = self._encode_1d(y_embed)[:, None, :].expand(h, w, -1)  # (H, W, C/2)
+        pos_x = self._encode_1d(x_embed)[None, :, :].expand(h, w, -1)  # (H, W, C/2)
+        return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (C, H, W)

@@ -227,7 +227,7 @@ class RopeAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope_grid = rope_grid
         self.register_buffer("freqs_cis", self.rope_table(rope_grid, rope_grid))
-        self._rope_cache: dict[tuple[int, int, torch.device, bool], torch.Tensor] = {}
+        self._rope_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def rope_table(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
         """Complex RoPE table for an (h, w) grid in row-major token order: (h*w, head_dim / 2) complex64."""
@@ -261,11 +261,12 @@ class RopeAttention(nn.Module):
         """(h*w, head_dim/2) complex RoPE table for an (h, w) grid, cached per grid and device."""
         if (h, w) == (self.rope_grid, self.rope_grid) and self.freqs_cis.device == device:
             return self.freqs_cis
-        # Tensors made under inference mode cannot be saved for backward: cache them separately.
-        key = (h, w, device, torch.is_inference_mode_enabled())
+        key = (h, w, device)
         if key not in self._rope_cache:
             logger.debug("RoPE table for a %dx%d grid on %s", h, w, device)
-            self._rope_cache[key] = self.rope_table(h, w, device)
+            # a normal tensor (inference tensors cannot be saved for backward): one entry serves both modes
+            with torch.inference_mode(False):
+                self._rope_cache[key] = self.rope_table(h, w, device)
         return self._rope_cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sam3.model.neck import ViTDetNeck
-from sam3.model.text_encoder import TextEncoder
+from sam3.model.text_encoder import TextEncoder, TextFeatures
 
 
 class VLBackbone(nn.Module):
@@ -68,16 +68,24 @@ class VLBackbone(nn.Module):
         }
 
     def forward_text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Encode B texts.
+        """Tokenise and encode B texts; the keys of `forward_tokens`."""
+        return _text_outputs(self.language_backbone(texts))
+
+    def forward_tokens(self, token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode (B, L) int64 token ids from the tokenizer (0 = padding).
 
         Returns:
             language_features: (L, B, C) per-token features.
             language_mask: (B, L) bool, True at padding.
             language_embeds: (L, B, width) token embeddings before the text transformer.
         """
-        text = self.language_backbone(texts)
-        return {
-            "language_features": text.features,
-            "language_mask": text.padding_mask,
-            "language_embeds": text.token_embeds,
-        }
+        return _text_outputs(self.language_backbone.encode_tokens(token_ids))
+
+
+def _text_outputs(text: TextFeatures) -> dict[str, torch.Tensor]:
+    """`TextFeatures` under the keys the grounding model reads."""
+    return {
+        "language_features": text.features,
+        "language_mask": text.padding_mask,
+        "language_embeds": text.token_embeds,
+    }
