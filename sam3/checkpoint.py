@@ -6,7 +6,7 @@ Layouts recognised (from the file's keys, after `torch.load(weights_only=True)`)
   stripped. `tracker.*` and `detector.backbone.vision_backbone.sam2_convs.*` (the tracker and its
   neck) are optional: loaded into the model's `tracker` and `backbone.vision_backbone.sam2_convs` where
   it has them (the interactive heads), reported as unused where it does not (the memory tracker's keys,
-  or a model built with `tracker=null`).
+  or a model built with `tracker=null`). The same two parts are optional in every layout.
 - training: `{"model": state_dict, "model_config": {...}, ...}` as written by our trainer; the resolved
   model config (`read_model_config`) lets tools rebuild the architecture; other entries are ignored.
 - bare: a state dict; ddp: a state dict whose keys all start with `module.`.
@@ -29,7 +29,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 OFFICIAL_MODEL_PREFIX = "detector."
-OFFICIAL_OPTIONAL_PREFIXES = ("tracker.", "detector.backbone.vision_backbone.sam2_convs.")
+# Model keys of the optional interactive parts (tracker heads, second pyramid), in any layout.
+OPTIONAL_MODEL_PREFIXES = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
 MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section
 ROPE_SUFFIX = "freqs_cis"
@@ -87,17 +88,16 @@ def map_checkpoint_keys(keys: Iterable[str]) -> KeyMapping:
     """Recognise the layout of a flat state dict's keys and map them to model keys."""
     keys = list(keys)
     if any(k.startswith((OFFICIAL_MODEL_PREFIX, "tracker.")) for k in keys):
-        renamed, optional = {}, {}
-        for key in keys:
-            model_key = key.removeprefix(OFFICIAL_MODEL_PREFIX)
-            if key.startswith(OFFICIAL_OPTIONAL_PREFIXES):
-                optional[key] = model_key
-            else:
-                renamed[key] = model_key  # a key outside `detector.` is unexpected unless the model has it
-        return KeyMapping("official", renamed, optional)
-    if keys and all(k.startswith(DDP_PREFIX) for k in keys):
-        return KeyMapping("ddp", {k: k[len(DDP_PREFIX) :] for k in keys})
-    return KeyMapping("bare", {k: k for k in keys})
+        layout, strip = "official", OFFICIAL_MODEL_PREFIX  # a key outside `detector.` is unexpected unless optional
+    elif keys and all(k.startswith(DDP_PREFIX) for k in keys):
+        layout, strip = "ddp", DDP_PREFIX
+    else:
+        layout, strip = "bare", ""
+    renamed, optional = {}, {}
+    for key in keys:
+        model_key = key.removeprefix(strip)
+        (optional if model_key.startswith(OPTIONAL_MODEL_PREFIXES) else renamed)[key] = model_key
+    return KeyMapping(layout, renamed, optional)
 
 
 def read_model_config(path: str | Path) -> dict | None:
@@ -240,5 +240,6 @@ def _unused_summary(keys: list[str]) -> str:
     """' (160 tracker.*)' style summary."""
     if not keys:
         return ""
-    counts = {p: sum(k.startswith(p) for k in keys) for p in OFFICIAL_OPTIONAL_PREFIXES}
+    model_keys = [k.removeprefix(OFFICIAL_MODEL_PREFIX).removeprefix(DDP_PREFIX) for k in keys]
+    counts = {p: sum(k.startswith(p) for k in model_keys) for p in OPTIONAL_MODEL_PREFIXES}
     return " (" + ", ".join(f"{n} {p}*" for p, n in counts.items() if n) + ")"

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from sam3.checkpoint import load_sam3_weights, load_state_dict, map_checkpoint_keys
-from sam3.model_builder import model_config
+from sam3.model_builder import build_model, model_config
 from sam3.tools.seeded_init import read_manifest
 
 
@@ -180,3 +180,14 @@ def test_builder_loads_the_backbone_part_of_a_full_model_checkpoint(source, tmp_
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "step": 3}, path)
     cfg = model_config("tiny", [f"+backbone.checkpoint_path={path}"])
     assert_same_weights(source, instantiate(cfg.backbone))
+
+
+def test_our_weights_with_interactive_heads_load_into_a_model_without_them():
+    torch.manual_seed(0)
+    with_heads = build_model("tiny")
+    without = build_model("tiny", overrides=["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"])
+    state = with_heads.state_dict()
+    report = load_state_dict(without, state)
+    optional = [k for k in state if k.startswith(("tracker.", "backbone.vision_backbone.sam2_convs."))]
+    assert optional and sorted(report.known_unused) == sorted(optional)
+    assert all(torch.equal(v, state[k]) for k, v in without.state_dict().items() if not k.endswith("freqs_cis"))

@@ -38,7 +38,8 @@ def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny
     path, state = tiny_weights
     cfg = tiny_run_config(tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", config_name=name)
     trainer = build_trainer(cfg, torch.device("cpu"))
-    assert trainer.model.state_dict().keys() == state.keys()
+    # every model key comes from the file (the demo leaves out the interactive heads the file also holds)
+    assert trainer.model.state_dict().keys() <= state.keys()
     # parameters come from the checkpoint; RoPE tables are recomputed for the input size
     assert [k for k, p in trainer.model.named_parameters() if not torch.equal(p, state[k])] == []
     assert (trainer.train_loader is None) == (trainer.config.mode == "eval")
