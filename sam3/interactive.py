@@ -239,7 +239,7 @@ class InteractiveSegmenter:
             image: (H0, W0, 3) uint8 RGB array or tensor.
             image_id: key of the embedding; the sha256 of the pixels and shape when None.
         """
-        pixels = torch.as_tensor(np.asarray(image))
+        pixels = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))  # writable copy
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise ValueError(f"image must be (H, W, 3) RGB, got shape {tuple(pixels.shape)}")
         image_id = image_id or _content_hash(pixels)
