@@ -22,25 +22,24 @@ OUT.pt: `tensors` (`<case>/{masks,iou_predictions,low_res_masks}`, `<case>/masks
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-UNIT_STD_SUFFIXES = (
-    "pos_embed",
-    "positional_embedding",
-    "token_embedding.weight",
-    "query_embed.weight",
-    "reference_points.weight",
-    "presence_token.weight",
-    "label_embed.weight",
-    "cls_embed.weight",
-)
+
+def _load_seeded_init():
+    """Our SEEDED_INIT_V1 module (it needs torch only), loaded by path: here `sam3` is Meta's package."""
+    spec = importlib.util.spec_from_file_location("seeded_init", Path(__file__).with_name("seeded_init.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SEEDED_INIT = _load_seeded_init()
 NECK_NAME = "detector.backbone.vision_backbone."
 TRACKER_NAME = "tracker."
 
@@ -67,18 +66,6 @@ def _cpu(device):
     return device
 
 
-def seeded(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """SEEDED_INIT_V1 for one released name (rules in shared/reference/README.md)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-    z = torch.randn(shape, generator=gen, dtype=torch.float32)
-    if name.endswith(UNIT_STD_SUFFIXES):
-        return z
-    if len(shape) >= 2:
-        return z * (math.prod(shape) // shape[0]) ** -0.5
-    return 1.0 + 0.1 * z if name.endswith(".weight") else 0.1 * z
-
-
 @torch.no_grad()
 def seed_module(module: torch.nn.Module, prefix: str, seed: int) -> list[str]:
     names = []
@@ -87,7 +74,7 @@ def seed_module(module: torch.nn.Module, prefix: str, seed: int) -> list[str]:
             continue
         if tensor.dtype != torch.float32:
             raise SystemExit(f"{prefix}{key}: unexpected dtype {tensor.dtype}")
-        tensor.copy_(seeded(prefix + key, tuple(tensor.shape), seed))
+        tensor.copy_(SEEDED_INIT.seeded_tensor(prefix + key, tensor.shape, seed))
         names.append(prefix + key)
     return names
 
