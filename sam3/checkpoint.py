@@ -87,7 +87,7 @@ class LoadReport:
 def map_checkpoint_keys(keys: Iterable[str]) -> KeyMapping:
     """Recognise the layout of a flat state dict's keys and map them to model keys."""
     keys = list(keys)
-    if any(k.startswith((OFFICIAL_MODEL_PREFIX, "tracker.")) for k in keys):
+    if any(k.startswith(OFFICIAL_MODEL_PREFIX) for k in keys):
         layout, strip = "official", OFFICIAL_MODEL_PREFIX  # a key outside `detector.` is unexpected unless optional
     elif keys and all(k.startswith(DDP_PREFIX) for k in keys):
         layout, strip = "ddp", DDP_PREFIX
