@@ -67,7 +67,7 @@ class MemoryAttention(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
         self._rope_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
-        self._rope_table(tuple(feat_sizes), torch.device("cpu"))
+        self._rope_table(tuple(feat_sizes), self.norm.weight.device)  # the native grid, built up front
 
     def forward(
         self,
