@@ -91,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir)
 
     overrides = [f"run_dir={run_dir}", f"paths.dataset_root={data}", *args.overrides]
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
-               str(REPO_ROOT / "train.py"), "--config-name", CONFIG_NAME, *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={args.nproc}",
+        str(REPO_ROOT / "train.py"),
+        "--config-name",
+        CONFIG_NAME,
+        *overrides,
+    ]
     logger.info("training: %s", " ".join(command))
     subprocess.run(command, check=True)
 
@@ -101,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s", target_report(rows[-1][1]))
     png = _prediction_strip(run_dir, overrides)
     minutes = (time.perf_counter() - start) / 60
-    logger.info("prediction strip: %s\nTensorBoard: tensorboard --logdir %s\ndemo finished in %.1f min", png, run_dir / "tensorboard", minutes)
+    logger.info(
+        "prediction strip: %s\nTensorBoard: tensorboard --logdir %s\ndemo finished in %.1f min",
+        png,
+        run_dir / "tensorboard",
+        minutes,
+    )
     first, last = rows[0][1], rows[-1][1]
     key = "video_mask_mAP_50_95"
     if last.get(key, 0.0) <= first.get(key, 0.0):
@@ -130,7 +143,9 @@ def _validation_rows(stats_path: Path) -> list[tuple[int, dict[str, float]]]:
     records = [json.loads(line) for line in stats_path.read_text().splitlines()]
     rows = [(r["step"], r["val"]) for r in records if "val" in r]
     if len(rows) < 2:
-        raise RuntimeError(f"{stats_path}: expected validation at step 0 and at the end, found steps {[s for s, _ in rows]}")
+        raise RuntimeError(
+            f"{stats_path}: expected validation at step 0 and at the end, found steps {[s for s, _ in rows]}"
+        )
     return [rows[0], rows[-1]]
 
 
@@ -157,7 +172,7 @@ def _prediction_strip(run_dir: Path, overrides: list[str], video_idx: int = 0, p
     size = sample.images.shape[-1]
     drawn = []
     for t, out in frames:
-        scores = (out["pred_logits"][0, :, 0].sigmoid() * out["presence_logit_dec"][0].sigmoid())
+        scores = out["pred_logits"][0, :, 0].sigmoid() * out["presence_logit_dec"][0].sigmoid()
         keep = scores.argsort(descending=True)[:per_frame]
         boxes = denormalize_boxes(box_cxcywh_to_xyxy(out["pred_boxes"][0, keep]), size, size)
         logits = out["pred_masks"][0, keep]

@@ -222,7 +222,9 @@ class InteractiveSegmenter:
         mask_threshold: float = 0.0,
     ) -> None:
         if model.tracker is None:
-            raise ValueError("the model has no interactive heads; build it with its `tracker` config (not tracker=null)")
+            raise ValueError(
+                "the model has no interactive heads; build it with its `tracker` config (not tracker=null)"
+            )
         self.model = model
         self.max_hole_area = max_hole_area
         self.mask_threshold = mask_threshold
@@ -322,7 +324,11 @@ def _prompt_key(points, point_labels, boxes) -> frozenset:
     """A hashable prompt set: ("point", x, y, label) and ("box", x0, y0, x1, y1) entries."""
     entries = set()
     if points is not None:
-        for xy, label in zip(torch.as_tensor(points).reshape(-1, 2).tolist(), torch.as_tensor(point_labels).reshape(-1).tolist(), strict=True):
+        for xy, label in zip(
+            torch.as_tensor(points).reshape(-1, 2).tolist(),
+            torch.as_tensor(point_labels).reshape(-1).tolist(),
+            strict=True,
+        ):
             entries.add(("point", round(xy[0], 3), round(xy[1], 3), int(label)))
     if boxes is not None:
         for box in torch.as_tensor(boxes).reshape(-1, 4).tolist():

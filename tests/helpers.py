@@ -20,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 # Meta's state-dict manifests and seed-0 outputs, copied from the shared reference (see its README.md).
 REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference"
+# The project's shared reference folder (beside the checkout), read where present and not copied.
+SHARED_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+
+
+def reference_file(name: str) -> Path | None:
+    """A reference file from the copied assets, else from the shared folder; None where neither has it."""
+    for folder in (REFERENCE_DIR, SHARED_REFERENCE_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
 
 # ------------------------------------------------------------------------------------- tiny run config
 # The demo config shrunk for tests: 56 px, 2-frame clips, few prompts and mask points.
@@ -84,7 +95,9 @@ def make_veval_gt(seed: int = 0) -> dict:
                 a, b = rng.uniform(3, 7), rng.uniform(3, 6)
                 dx, dy = rng.uniform(-1.5, 1.5), rng.uniform(-1, 1)
                 absent = set(rng.choice(NUM_FRAMES, size=int(rng.integers(0, 2)), replace=False).tolist())
-                segs = [None if t in absent else encode(ellipse(cx + dx * t, cy + dy * t, a, b)) for t in range(NUM_FRAMES)]
+                segs = [
+                    None if t in absent else encode(ellipse(cx + dx * t, cy + dy * t, a, b)) for t in range(NUM_FRAMES)
+                ]
                 annotations.append(
                     {
                         "id": ann_id,

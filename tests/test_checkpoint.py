@@ -105,7 +105,9 @@ def test_bare_round_trip(source, target, tmp_path):
     assert_same_weights(source, target)
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        for a, b in zip(source.forward_image(images)["backbone_fpn"], target.forward_image(images)["backbone_fpn"], strict=True):
+        for a, b in zip(
+            source.forward_image(images)["backbone_fpn"], target.forward_image(images)["backbone_fpn"], strict=True
+        ):
             assert torch.equal(a, b)
 
 

@@ -67,7 +67,9 @@ def test_prior_prompt_logits_are_fed_back(model):
     cached = seg.segment_image(**two)
     explicit = seg.segment_image(**two, mask_input=prior)
     assert torch.equal(cached.low_res_masks, explicit.low_res_masks)
-    none = InteractiveSegmenter(model).segment_image(image=image(3), **{k: v for k, v in two.items() if k != "image_id"})
+    none = InteractiveSegmenter(model).segment_image(
+        image=image(3), **{k: v for k, v in two.items() if k != "image_id"}
+    )
     assert not torch.equal(none.low_res_masks, cached.low_res_masks)
 
 

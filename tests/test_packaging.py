@@ -12,9 +12,7 @@ def _setuptools() -> dict:
 
 
 def test_every_sam3_package_is_listed():
-    on_disk = {
-        ".".join(path.parent.relative_to(REPO_ROOT).parts) for path in (REPO_ROOT / "sam3").rglob("__init__.py")
-    }
+    on_disk = {".".join(path.parent.relative_to(REPO_ROOT).parts) for path in (REPO_ROOT / "sam3").rglob("__init__.py")}
     assert set(_setuptools()["packages"]) == on_disk | {"sam3.configs"}, (
         "pyproject.toml [tool.setuptools] packages must list every sam3 package (the list is explicit "
         "because configs/ is mapped into sam3.configs)"

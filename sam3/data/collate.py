@@ -73,9 +73,7 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     pairs = PairIndex.frame_major(frame_clip_idx, frame_indices, clip_text_idx)
 
     num_pairs = len(pairs)
-    max_inst = max(
-        (len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0
-    )
+    max_inst = max((len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0)
     boxes, visible, object_ids = [], [], []
     clip_masks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (masks, instance table) per clip
     num_instances, is_exhaustive, is_positive = [], [], []

@@ -120,7 +120,8 @@ class VideoGroundingDataset(Dataset):
         num_inst, none = len(instances), [0.0, 0.0, 0.0, 0.0]
         visible_rows = [[m.is_visible(f) for m in instances] for f in frames]
         box_rows = [
-            [m.boxes_xywh[f] if v else none for m, v in zip(instances, row, strict=True)] for f, row in zip(frames, visible_rows, strict=True)
+            [m.boxes_xywh[f] if v else none for m, v in zip(instances, row, strict=True)]
+            for f, row in zip(frames, visible_rows, strict=True)
         ]
         clip_visible = torch.tensor(visible_rows, dtype=torch.bool).reshape(len(frames), num_inst)  # (T, N)
         clip_boxes = torch.tensor(box_rows, dtype=torch.float32).reshape(len(frames), num_inst, 4)  # (T, N, 4) xywh

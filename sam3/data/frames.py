@@ -59,6 +59,5 @@ def _check_size(size: tuple[int, int], video: VideoRecord, record: str, path: Pa
             source,
             record,
             "height/width",
-            f"frame file {path} is {size[0]}x{size[1]} (HxW) but the annotations say "
-            f"{video.height}x{video.width}",
+            f"frame file {path} is {size[0]}x{size[1]} (HxW) but the annotations say {video.height}x{video.width}",
         )

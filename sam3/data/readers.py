@@ -97,9 +97,7 @@ def detect_format(data: dict[str, Any], path: str | Path) -> str:
     )
 
 
-def read_saco_veval(
-    path: str | Path, on_error: OnError = "raise", data: dict[str, Any] | None = None
-) -> DatasetIndex:
+def read_saco_veval(path: str | Path, on_error: OnError = "raise", data: dict[str, Any] | None = None) -> DatasetIndex:
     """Reads SA-Co/VEval ground truth (see the module docstring); `data` skips re-parsing the file."""
     reader = _Reader(path, on_error, load_json(path) if data is None else data)
     categories = reader.categories()

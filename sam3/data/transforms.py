@@ -99,9 +99,7 @@ class ClipTransform:
         self.mean = list(mean)
         self.std = list(std)
 
-    def draw(
-        self, rng: np.random.Generator, height: int, width: int, boxes_xyxy: torch.Tensor
-    ) -> ClipTransformParams:
+    def draw(self, rng: np.random.Generator, height: int, width: int, boxes_xyxy: torch.Tensor) -> ClipTransformParams:
         """Draws the clip's parameters; the same draws happen whatever the arguments.
 
         Args:

@@ -252,7 +252,9 @@ class PackedLayout:
         """The named tensors, as views of `packed` in their own dtypes and shapes."""
         return {
             name: packed[start:end].view(dtype).view(shape)
-            for name, shape, dtype, (start, end, _) in zip(self.names, self.shapes, self.dtypes, self._spans(), strict=True)
+            for name, shape, dtype, (start, end, _) in zip(
+                self.names, self.shapes, self.dtypes, self._spans(), strict=True
+            )
         }
 
     def _spans(self) -> list[tuple[int, int, int]]:

@@ -113,7 +113,9 @@ class VideoGroundingRunner:
         if previous is not None:
             yield from self._drain(buffer, previous, text, len(texts), postprocess)
 
-    def _placeholder_frame(self, previous: torch.Tensor | None, frame_shape: tuple[int, int, int] | None) -> torch.Tensor:
+    def _placeholder_frame(
+        self, previous: torch.Tensor | None, frame_shape: tuple[int, int, int] | None
+    ) -> torch.Tensor:
         if previous is not None:
             return previous
         parameter = next(self.model.parameters())

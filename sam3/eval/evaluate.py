@@ -127,8 +127,14 @@ def index_to_veval_gt(index: DatasetIndex, num_videos: int | None = None) -> dic
     count = len(index) if num_videos is None else num_videos
     for video, masklets, pairs in zip(index.videos[:count], index.masklets[:count], index.pairs[:count], strict=True):
         videos.append(
-            {"id": video.video_id, "video_name": video.name, "file_names": video.file_names,
-             "height": video.height, "width": video.width, "length": video.length}
+            {
+                "id": video.video_id,
+                "video_name": video.name,
+                "file_names": video.file_names,
+                "height": video.height,
+                "width": video.width,
+                "length": video.length,
+            }
         )
         for masklet in masklets:
             annotations.append(
@@ -144,8 +150,12 @@ def index_to_veval_gt(index: DatasetIndex, num_videos: int | None = None) -> dic
         for pair in pairs:
             categories[pair.category_id] = pair.phrase
             np_pairs.append(
-                {"video_id": video.video_id, "category_id": pair.category_id, "noun_phrase": pair.phrase,
-                 "num_masklets": pair.num_masklets}
+                {
+                    "video_id": video.video_id,
+                    "category_id": pair.category_id,
+                    "noun_phrase": pair.phrase,
+                    "num_masklets": pair.num_masklets,
+                }
             )
     return {
         "videos": videos,
@@ -239,5 +249,7 @@ def _category_ids(index: DatasetIndex, video_idx: int, prompts: list[str]) -> li
     by_phrase = {pair.phrase: pair.category_id for pair in index.pairs[video_idx]}
     missing = [p for p in prompts if p not in by_phrase]
     if missing:
-        raise ValueError(f"{index.source}: video {index.videos[video_idx].video_id} has no category for prompts {missing}")
+        raise ValueError(
+            f"{index.source}: video {index.videos[video_idx].video_id} has no category for prompts {missing}"
+        )
     return [by_phrase[p] for p in prompts]

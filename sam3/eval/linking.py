@@ -166,7 +166,6 @@ def masklets_to_records(
     return records
 
 
-
 def link_video(
     video_id: Any,
     category_ids: Sequence[int],

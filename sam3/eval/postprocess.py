@@ -234,4 +234,3 @@ def postprocess(
         to_original_size(d, (int(h), int(w)), config.mask_logit_thresh)
         for d, (h, w) in zip(detections, orig_sizes.tolist(), strict=True)
     ]
-

@@ -188,7 +188,9 @@ def _parse_masklet(
     segms = ann.get("segmentations") or [None] * len(boxes)
     areas = ann.get("areas") or [None] * len(boxes)
     if not len(boxes) == len(segms) == len(areas):
-        raise ValueError(f"{where}: bboxes, segmentations and areas have lengths {len(boxes)}, {len(segms)}, {len(areas)}")
+        raise ValueError(
+            f"{where}: bboxes, segmentations and areas have lengths {len(boxes)}, {len(segms)}, {len(areas)}"
+        )
     if len(boxes) != video.num_frames:
         raise ValueError(f"{where}: {len(boxes)} frames but video {video.video_id} has {video.num_frames}")
     return Masklet(

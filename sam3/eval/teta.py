@@ -300,7 +300,9 @@ def _alignment_score(data: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return potential / (gt_count + pred_count - potential), gt_count, pred_count
 
 
-def _matches(data: _Prepared, t: int, alignment: np.ndarray, alphas: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _matches(
+    data: _Prepared, t: int, alignment: np.ndarray, alphas: list[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Hungarian matches of frame t maximising alignment x IoU, kept per alpha where IoU >= alpha."""
     sim = data.sim[t]
     score = alignment[data.gt_ids[t][:, None], data.pred_ids[t][None, :]] * sim

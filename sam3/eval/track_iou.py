@@ -95,7 +95,9 @@ def frame_mask_iou(rles_a: list, rles_b: list) -> np.ndarray:
 
 def _exact_intersections(rles_p: list, rles_g: list, areas_p: np.ndarray, areas_g: np.ndarray) -> np.ndarray:
     """(P, G) int64 pixel intersections, recovered exactly from pycocotools' IoU: I = IoU (A + B) / (1 + IoU)."""
-    iou = np.asarray(coco_mask.iou(rles_p, rles_g, [0] * len(rles_g)), dtype=np.float64).reshape(len(rles_p), len(rles_g))
+    iou = np.asarray(coco_mask.iou(rles_p, rles_g, [0] * len(rles_g)), dtype=np.float64).reshape(
+        len(rles_p), len(rles_g)
+    )
     total = areas_p[:, None] + areas_g[None, :]
     return np.rint(iou * total / (1.0 + iou)).astype(np.int64)
 

@@ -36,7 +36,9 @@ def draw_frame(
     if masks is not None and len(masks):
         out = draw_segmentation_masks(out, masks.cpu().bool(), alpha=0.45, colors=colors)
     if len(boxes_xyxy):
-        out = draw_bounding_boxes(out, boxes_xyxy.cpu().float(), labels=list(labels) if labels else None, colors=colors, width=1)
+        out = draw_bounding_boxes(
+            out, boxes_xyxy.cpu().float(), labels=list(labels) if labels else None, colors=colors, width=1
+        )
     return out
 
 
@@ -82,7 +84,10 @@ class PredictionStrip:
             masks = None
             if outputs.pred_masks is not None:
                 logits = outputs.pred_masks[pair][keep]
-                masks = torch.nn.functional.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear")[:, 0] > 0
+                masks = (
+                    torch.nn.functional.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear")[:, 0]
+                    > 0
+                )
             labels = [f"{batch.prompts[0][0]} {float(s):.2f}" for s in scores[pair][keep]]
             frames.append(draw_frame(denormalize_image(batch.images[slot]), boxes, masks, labels))
         return strip(frames) if frames else torch.zeros(3, size, size, dtype=torch.uint8)

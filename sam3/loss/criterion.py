@@ -350,9 +350,7 @@ class SetCriterion(nn.Module):
                         suffix=suffix + branch_suffix,
                         weight=weight,
                         head_id=id_offset + layer_id,
-                        one_to_many=is_o2m
-                        and self.o2m_matcher is not None
-                        and (self.o2m_matcher_on_aux or not is_aux),
+                        one_to_many=is_o2m and self.o2m_matcher is not None and (self.o2m_matcher_on_aux or not is_aux),
                         use_masks=out.pred_masks is not None and (self.masks.on_aux or not is_aux),
                         use_presence=not is_o2m and out.presence_logit_dec is not None,
                     )

@@ -239,7 +239,9 @@ class OneToManyMatcher:
             the highest score (then the first) keeps it. Off, the query serves each of them (SAM3).
     """
 
-    def __init__(self, *, alpha: float = 0.3, threshold: float = 0.4, topk: int = 4, unique_queries: bool = False) -> None:
+    def __init__(
+        self, *, alpha: float = 0.3, threshold: float = 0.4, topk: int = 4, unique_queries: bool = False
+    ) -> None:
         if topk < 1:
             raise ValueError(f"OneToManyMatcher: topk must be >= 1, got {topk}")
         self.alpha = alpha

@@ -80,7 +80,10 @@ class MaskDecoder(nn.Module):
             for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(
-            input_dim=d_model, hidden_dim=iou_head_hidden_dim, output_dim=self.num_mask_tokens, num_layers=iou_head_depth
+            input_dim=d_model,
+            hidden_dim=iou_head_hidden_dim,
+            output_dim=self.num_mask_tokens,
+            num_layers=iou_head_depth,
         )
         self.pred_obj_score_head = MLP(input_dim=d_model, hidden_dim=d_model, output_dim=1, num_layers=3)
         self.stability_delta = stability_delta

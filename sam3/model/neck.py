@@ -99,6 +99,7 @@ class ViTDetNeck(nn.Module):
             pos.append(self.position_encoding(level).to(level.dtype))
         return features, pos
 
+
 def _pyramid_level(dim: int, d_model: int, scale: float) -> nn.Sequential:
     """Resampling layers for one level (names as in the released checkpoint), then 1x1 and 3x3 convs."""
     level = nn.Sequential()

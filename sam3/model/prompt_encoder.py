@@ -87,6 +87,8 @@ class PromptEncoder(nn.Module):
         else:
             expected = (self.mask_input_size, self.mask_input_size)
             if tuple(mask_input.shape[-2:]) != expected or mask_input.ndim != 4:
-                raise ValueError(f"mask_input must be (B, 1, {expected[0]}, {expected[1]}), got {tuple(mask_input.shape)}")
+                raise ValueError(
+                    f"mask_input must be (B, 1, {expected[0]}, {expected[1]}), got {tuple(mask_input.shape)}"
+                )
             dense = self.mask_downscaling(mask_input)
         return sparse, dense

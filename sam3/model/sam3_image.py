@@ -130,9 +130,7 @@ class Sam3Image(nn.Module):
         masks = semantic = None
         if self.segmentation_head is not None:
             fine = [level[pair_frame_slot] for level in fpn[:-1]]
-            masks, semantic = self.segmentation_head(
-                fine, states, feat_size, prompt, prompt_mask, decoded.queries[-1]
-            )
+            masks, semantic = self.segmentation_head(fine, states, feat_size, prompt, prompt_mask, decoded.queries[-1])
 
         num_queries = self.transformer["decoder"].num_queries
         o2o = slice(0, num_queries)

@@ -34,7 +34,15 @@ import torch.distributed as dist
 
 # The settings of the released roboflow fine-tune config.
 NUM_QUERIES_PAD = 200
-MATCHER = {"focal": True, "cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "alpha": 0.25, "gamma": 2, "stable": False}
+MATCHER = {
+    "focal": True,
+    "cost_class": 2.0,
+    "cost_bbox": 5.0,
+    "cost_giou": 2.0,
+    "alpha": 0.25,
+    "gamma": 2,
+    "stable": False,
+}
 O2M_MATCHER = {"alpha": 0.3, "threshold": 0.4, "topk": 4}
 O2M_WEIGHT = 2.0
 

@@ -474,9 +474,7 @@ def run_oracle(oracle_python: str, problems: Sequence[Problem], threads: int) ->
         cmd = [oracle_python, "-I", str(ORACLE_SCRIPT), "--threads", str(threads), *map(str, paths)]
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(
-                f"Meta's side failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}"
-            )
+            raise RuntimeError(f"Meta's side failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}")
         return [torch.load(path.with_suffix(".meta.pt"), weights_only=True) for path in paths]
 
 
@@ -523,7 +521,11 @@ def _meta_weak_kept(targets: PairTargets, meta_o2m: Matches, num_queries: int) -
     """Meta's weak-loss denominator of the final o2m layer (every entry of the exhaustive pairs and the
     distinct matched (pair, query) entries of the others), and that number of matched entries."""
     exhaustive = targets.is_exhaustive.tolist()
-    matched = {(p, q) for p, q in zip(meta_o2m.pair_idx.tolist(), meta_o2m.query_idx.tolist(), strict=True) if not exhaustive[p]}
+    matched = {
+        (p, q)
+        for p, q in zip(meta_o2m.pair_idx.tolist(), meta_o2m.query_idx.tolist(), strict=True)
+        if not exhaustive[p]
+    }
     return num_queries * sum(exhaustive) + len(matched), len(matched)
 
 

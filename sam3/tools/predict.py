@@ -111,7 +111,11 @@ def segment_interactive(
     mask = result.masks[best].cpu()
     ys, xs = mask.nonzero(as_tuple=True)
     box_xyxy = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]] if len(xs) else [[0, 0, 0, 0]])
-    return {"scores": result.iou_predictions[best : best + 1].cpu(), "boxes_xyxy": box_xyxy.float(), "masks": mask[None]}
+    return {
+        "scores": result.iou_predictions[best : best + 1].cpu(),
+        "boxes_xyxy": box_xyxy.float(),
+        "masks": mask[None],
+    }
 
 
 def _point(text: str) -> list[float]:
@@ -136,7 +140,9 @@ def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor]) -> Ima
         alpha = Image.fromarray((mask.numpy() * 110).astype("uint8"), mode="L")
         canvas = Image.composite(tint, canvas, alpha)
     draw = ImageDraw.Draw(canvas)
-    for i, (score, box) in enumerate(zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True)):
+    for i, (score, box) in enumerate(
+        zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True)
+    ):
         color = COLORS[i % len(COLORS)]
         draw.rectangle(box, outline=color, width=3)
         draw.text((box[0] + 3, box[1] + 2), f"{score:.2f}", fill=color)

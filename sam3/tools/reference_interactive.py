@@ -37,7 +37,12 @@ TRACKER_NAME = "tracker."
 BOX_A = [22.0, 12.0, 68.0, 58.0]
 CASES = {
     "a_point_multimask": {"points": [[45.0, 35.0]], "point_labels": [1], "multimask_output": True},
-    "b_box_negpoint_maskinput": {"points": [[62.0, 52.0]], "point_labels": [0], "boxes": BOX_A, "multimask_output": False},
+    "b_box_negpoint_maskinput": {
+        "points": [[62.0, 52.0]],
+        "point_labels": [0],
+        "boxes": BOX_A,
+        "multimask_output": False,
+    },
     "c_three_boxes": {"boxes": [BOX_A, [84.0, 44.0, 126.0, 86.0], [0.0, 0.0, 150.0, 100.0]], "multimask_output": False},
     "d_two_points_normalized": {
         "points": [[0.70, 0.65], [0.30, 0.35]],
@@ -64,7 +69,9 @@ class FixedTrunk(nn.Module):
 
 def fixed_features(frame: int, grid: int) -> torch.Tensor:
     """FIXED_FEATURES_V1: (1, 1024, grid, grid) float32, two Gaussian blobs on channel-wise waves."""
-    i, j = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    i, j = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     u, v = (j + 0.5) / grid, (i + 0.5) / grid
     c = torch.arange(TRUNK_DIM, dtype=torch.float64)[:, None, None]
     wave = torch.sin(2 * math.pi * ((1 + c % 4) * u + (1 + torch.floor(c / 4) % 4) * v) + 0.37 * c + 0.5 * frame)
@@ -139,7 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tensors = reference_interactive(*build_seeded_heads(args.seed))
-    meta = {"recipe": "INTERACTIVE_CASES_V1 (ours)", "seed": args.seed, "image_size": IMAGE_SIZE, "orig_hw": list(ORIG_HW)}
+    meta = {
+        "recipe": "INTERACTIVE_CASES_V1 (ours)",
+        "seed": args.seed,
+        "image_size": IMAGE_SIZE,
+        "orig_hw": list(ORIG_HW),
+    }
     torch.save({"tensors": tensors, "meta": meta}, args.out)
     logger.info("wrote %d tensors to %s", len(tensors), args.out)
 

@@ -104,9 +104,7 @@ def fixed_input(size: int = FIXED_INPUT_SIZE) -> torch.Tensor:
     y, x = torch.meshgrid(
         torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
     )
-    img = torch.stack(
-        [torch.sin(2 * math.pi * ((c + 1) * 1.5 * x / size + (3 - c) * y / size) + c) for c in range(3)]
-    )
+    img = torch.stack([torch.sin(2 * math.pi * ((c + 1) * 1.5 * x / size + (3 - c) * y / size) + c) for c in range(3)])
     img[:, 300:700, 250:650] = 0.6 * img[:, 300:700, 250:650] + 0.35
     img[:, 100:260, 640:900] = 0.5 * img[:, 100:260, 640:900] - 0.45
     return img.to(torch.float32)[None]

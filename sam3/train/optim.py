@@ -178,7 +178,9 @@ class OptimConfig:
         _check_non_negative(self.weight_decay, f"{_OPTIM}.weight_decay")
         object.__setattr__(self, "lr_groups", _lr_groups(self.lr_groups))
         if self.layer_decay is not None:
-            object.__setattr__(self, "layer_decay", build_section(LayerDecay, self.layer_decay, f"{_OPTIM}.layer_decay"))
+            object.__setattr__(
+                self, "layer_decay", build_section(LayerDecay, self.layer_decay, f"{_OPTIM}.layer_decay")
+            )
         no_decay = build_section(NoWeightDecay, self.no_weight_decay, f"{_OPTIM}.no_weight_decay")
         object.__setattr__(self, "no_weight_decay", no_decay)
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -321,7 +323,7 @@ def _layer_scales(named: dict[str, torch.Tensor], decay: LayerDecay | None) -> d
     if decay is None:
         return {}
     prefix = decay.apply_to + "."
-    inside = {name[len(prefix):]: name for name in named if name.startswith(prefix)}
+    inside = {name[len(prefix) :]: name for name in named if name.startswith(prefix)}
     if not inside:
         raise ValueError(
             f"{_OPTIM}.layer_decay.apply_to={decay.apply_to!r} holds no parameter of the model; expected a module "

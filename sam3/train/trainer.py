@@ -229,9 +229,7 @@ class Trainer:
             data_time = time.perf_counter() - data_start
             apply_lr(self.optimizer, lr_factor(self.step, self.schedule))
             step_start = time.perf_counter()
-            losses = forward_backward(
-                ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype
-            )
+            losses = forward_backward(ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype)
             if not any_rank(not bool(torch.isfinite(losses.loss)), self.device):
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
@@ -259,7 +257,9 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- internals
     def _freeze(self) -> None:
-        prefixes = [p for p, on in ((VISION_PREFIX, self.config.freeze_vision), (TEXT_PREFIX, self.config.freeze_text)) if on]
+        prefixes = [
+            p for p, on in ((VISION_PREFIX, self.config.freeze_vision), (TEXT_PREFIX, self.config.freeze_text)) if on
+        ]
         patterns = [f"{p}*" for p in prefixes] + list(self.config.frozen_params)
         if not patterns:
             return
@@ -339,7 +339,9 @@ class Trainer:
                 f"{self.config.max_nonfinite_skips} allowed); lower the LR or check the data"
             )
         self.nonfinite_skips += 1
-        logger.warning("%s: skipping the step (%d of %d allowed)", message, self.nonfinite_skips, self.config.max_nonfinite_skips)
+        logger.warning(
+            "%s: skipping the step (%d of %d allowed)", message, self.nonfinite_skips, self.config.max_nonfinite_skips
+        )
         return float("nan")
 
     def _validate(self) -> dict[str, float]:

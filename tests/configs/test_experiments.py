@@ -36,7 +36,9 @@ def test_the_experiments_are_found():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny_weights):
     path, state = tiny_weights
-    cfg = tiny_run_config(tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", config_name=name)
+    cfg = tiny_run_config(
+        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", config_name=name
+    )
     trainer = build_trainer(cfg, torch.device("cpu"))
     # every model key comes from the file (the demo leaves out the interactive heads the file also holds)
     assert trainer.model.state_dict().keys() <= state.keys()
@@ -45,5 +47,7 @@ def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny
     assert (trainer.train_loader is None) == (trainer.config.mode == "eval")
     assert trainer.evaluate_fn is not None
     build_optimizer(trainer.model, trainer.optim_config)
-    slurm = tiny_run_config(tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", config_name=name)
+    slurm = tiny_run_config(
+        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", config_name=name
+    )
     assert SlurmConfig.from_cfg(slurm).nodes >= 1

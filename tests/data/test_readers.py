@@ -120,10 +120,24 @@ def coco_json() -> dict:
             {"id": 1, "file_name": "img1.jpg", "height": 20, "width": 30},
         ],
         "annotations": [
-            {"id": 1, "image_id": 0, "category_id": 1, "bbox": [2, 3, 10, 10], "area": 100,
-             "segmentation": [_square_polygon(2, 3, 12, 13)], "iscrowd": 0},
-            {"id": 2, "image_id": 0, "category_id": 1, "bbox": [15, 5, 5, 5], "area": 25,
-             "segmentation": [_square_polygon(15, 5, 20, 10)], "iscrowd": 0},
+            {
+                "id": 1,
+                "image_id": 0,
+                "category_id": 1,
+                "bbox": [2, 3, 10, 10],
+                "area": 100,
+                "segmentation": [_square_polygon(2, 3, 12, 13)],
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 0,
+                "category_id": 1,
+                "bbox": [15, 5, 5, 5],
+                "area": 25,
+                "segmentation": [_square_polygon(15, 5, 20, 10)],
+                "iscrowd": 0,
+            },
         ],
     }
 

@@ -22,8 +22,14 @@ def test_no_variables_means_single_process():
 
 def test_torchrun_variables():
     env = read_dist_env(
-        {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-         "MASTER_ADDR": "node7", "MASTER_PORT": "29511"}
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "29511",
+        }
     )
     assert env == DistEnv(3, 8, 1, 2, "node7", 29511, "torchrun")
     assert env.is_distributed and not env.is_main
@@ -36,8 +42,14 @@ def test_torchrun_wins_over_slurm_inside_an_sbatch_script():
 
 def test_slurm_task_variables():
     env = read_dist_env(
-        {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-         "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[003-004]", "SLURM_JOB_ID": "123"}
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_TASKS_PER_NODE": "4(x2)",
+            "SLURM_JOB_NODELIST": "gpu[003-004]",
+            "SLURM_JOB_ID": "123",
+        }
     )
     assert env.launcher == "slurm"
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (5, 8, 1, 4)
@@ -95,8 +107,13 @@ def _free_port() -> int:
 
 def _worker(rank: int, world_size: int, port: int, results: mp.Queue) -> None:
     os.environ.update(
-        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
     )
     try:
         env = dist_env_module.init_distributed(backend="gloo")

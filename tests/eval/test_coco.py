@@ -18,8 +18,15 @@ def _gt() -> dict:
         ys, xs = mask.nonzero()
         bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
         annotations.append(
-            {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-             "segmentation": encode(mask), "area": float(mask.sum()), "iscrowd": 0}
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": bbox,
+                "segmentation": encode(mask),
+                "area": float(mask.sum()),
+                "iscrowd": 0,
+            }
         )
     return {"images": images, "annotations": annotations, "categories": [{"id": 1}, {"id": 2}]}
 

@@ -63,7 +63,9 @@ def test_ground_truth_of_any_index_round_trips(dataset_root):
 @pytest.mark.parametrize("frame_group_size", [2, 1], ids=["one_group_of_2", "two_groups_of_1"])
 def test_two_ranks_write_the_same_predictions_as_one(dataset_root, tmp_path, frame_group_size):
     single = _run_evaluate(dataset_root, tmp_path / "single.json", None)
-    results = run_on_local_ranks(_run_evaluate, 2, dataset_root, tmp_path / "sharded.json", frame_group_size, timeout_s=350)
+    results = run_on_local_ranks(
+        _run_evaluate, 2, dataset_root, tmp_path / "sharded.json", frame_group_size, timeout_s=350
+    )
     assert results[1] == {}, "only rank 0 returns metrics"
     expected = sorted(json.loads((tmp_path / "single.json").read_text()), key=_record_key)
     got = sorted(json.loads((tmp_path / "sharded.json").read_text()), key=_record_key)

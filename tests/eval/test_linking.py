@@ -87,9 +87,20 @@ def test_records_follow_the_prediction_format():
     preds = []
     for frame in frames:
         boxes = torch.zeros(len(frame.scores), 4)
-        preds.append(FramePredictions(frame.scores, boxes, None, rle_encode(frame.masks), frame.masks.flatten(1).sum(1), torch.arange(len(frame.scores))))
+        preds.append(
+            FramePredictions(
+                frame.scores,
+                boxes,
+                None,
+                rle_encode(frame.masks),
+                frame.masks.flatten(1).sum(1),
+                torch.arange(len(frame.scores)),
+            )
+        )
     records = masklets_to_records(5, 2, preds, masklets)
-    gt = parse_ground_truth({"videos": [{"id": 5, "height": H, "width": W, "length": T}], "annotations": [], "categories": [{"id": 2}]})
+    gt = parse_ground_truth(
+        {"videos": [{"id": 5, "height": H, "width": W, "length": T}], "annotations": [], "categories": [{"id": 2}]}
+    )
     parsed = parse_predictions(records, gt)
     assert len(parsed) == 3 and all(m.num_frames == T for m in parsed)
     assert parsed[2].segmentations[0] is None and parsed[2].segmentations[4] is not None

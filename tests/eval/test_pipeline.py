@@ -45,12 +45,31 @@ def test_detector_outputs_to_perfect_metrics(tmp_path):
         rles = rle_encode(objects[k])
         boxes = masks_to_boxes_xyxy(objects[k])
         boxes[:, 2:] -= boxes[:, :2]
-        annotations.append({"id": k + 1, "video_id": 0, "category_id": 1, "segmentations": rles,
-                            "bboxes": boxes.tolist(), "areas": objects[k].flatten(1).sum(1).tolist(), "iscrowd": 0})
-    gt = parse_ground_truth({"videos": [{"id": 0, "height": S, "width": S, "length": T}], "annotations": annotations,
-                             "categories": [{"id": 1}, {"id": 2}],
-                             "video_np_pairs": [{"video_id": 0, "category_id": c} for c in (1, 2)]})
+        annotations.append(
+            {
+                "id": k + 1,
+                "video_id": 0,
+                "category_id": 1,
+                "segmentations": rles,
+                "bboxes": boxes.tolist(),
+                "areas": objects[k].flatten(1).sum(1).tolist(),
+                "iscrowd": 0,
+            }
+        )
+    gt = parse_ground_truth(
+        {
+            "videos": [{"id": 0, "height": S, "width": S, "length": T}],
+            "annotations": annotations,
+            "categories": [{"id": 1}, {"id": 2}],
+            "video_np_pairs": [{"video_id": 0, "category_id": c} for c in (1, 2)],
+        }
+    )
     res = evaluate_veval(gt, load_predictions(tmp_path / "preds.json", gt))["dataset_results"]
-    for key in ("video_mask_mAP_50_95", "video_bbox_mAP_50_95", "video_mask_all_phrase_HOTA", "video_bbox_all_phrase_AssA"):
+    for key in (
+        "video_mask_mAP_50_95",
+        "video_bbox_mAP_50_95",
+        "video_mask_all_phrase_HOTA",
+        "video_bbox_all_phrase_AssA",
+    ):
         assert res[key] == 1.0, key
     assert res["video_mask_teta"] == 100.0

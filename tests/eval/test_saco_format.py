@@ -36,9 +36,17 @@ def test_uncompressed_rle_is_compressed():
             current, run = value, 0
         run += 1
     counts.append(run)
-    ann = {"id": 1, "video_id": 0, "category_id": 1, "bboxes": [[2, 1, 2, 3]], "areas": [6],
-           "segmentations": [{"size": [6, 5], "counts": counts}]}
-    gt = parse_ground_truth({"videos": [{"id": 0, "height": 6, "width": 5, "length": 1}], "annotations": [ann], "categories": []})
+    ann = {
+        "id": 1,
+        "video_id": 0,
+        "category_id": 1,
+        "bboxes": [[2, 1, 2, 3]],
+        "areas": [6],
+        "segmentations": [{"size": [6, 5], "counts": counts}],
+    }
+    gt = parse_ground_truth(
+        {"videos": [{"id": 0, "height": 6, "width": 5, "length": 1}], "annotations": [ann], "categories": []}
+    )
     rle = gt.masklets[0].segmentations[0]
     assert isinstance(rle["counts"], str)
     decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})

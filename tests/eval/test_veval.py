@@ -107,13 +107,24 @@ def test_toy_files_reproduce_sam3_results(veval_toy_dir, tmp_path):
     toy = veval_toy_dir
     out_file = tmp_path / "res.json"
     start = time.perf_counter()
-    main(["--gt", str(toy / "toy_saco_veval_sav_test_gt.json"), "--pred", str(toy / "toy_saco_veval_sav_test_pred.json"), "--out", str(out_file)])
+    main(
+        [
+            "--gt",
+            str(toy / "toy_saco_veval_sav_test_gt.json"),
+            "--pred",
+            str(toy / "toy_saco_veval_sav_test_pred.json"),
+            "--out",
+            str(out_file),
+        ]
+    )
     elapsed = time.perf_counter() - start
     ours = json.loads(out_file.read_text())
     _assert_same_results(ours, json.loads((toy / "toy_saco_veval_sav_test_eval_res_sam3_0.1.4.json").read_text()))
     # the first release's extra "demo" keys, whose definitions are recovered, equal its published values
     published = json.loads((toy / "toy_saco_veval_sav_test_eval_res.json").read_text())["dataset_results"]
-    expected_keys = json.loads((toy / "toy_saco_veval_sav_test_eval_res_sam3_0.1.4.json").read_text())["dataset_results"]
+    expected_keys = json.loads((toy / "toy_saco_veval_sav_test_eval_res_sam3_0.1.4.json").read_text())[
+        "dataset_results"
+    ]
     extras = set(published) - set(expected_keys)
     assert len(extras) == 34
     for key in extras:

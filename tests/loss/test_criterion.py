@@ -68,7 +68,9 @@ def test_each_term_against_hand_computation() -> None:
     negative = -torch.log(1 - p1) * p1**2
     assert parts["loss_ce"].item() == pytest.approx(entry_norm * (positive + negative).item(), rel=1e-5)
     # Presence: 0.5 * BCE(0.5, 1).
-    assert parts["presence_loss"].item() == pytest.approx(pair_norm * 0.5 * F.softplus(torch.tensor(-0.5)).item(), rel=1e-5)
+    assert parts["presence_loss"].item() == pytest.approx(
+        pair_norm * 0.5 * F.softplus(torch.tensor(-0.5)).item(), rel=1e-5
+    )
     # Masks: constant logit 2 against a full mask at every sampled point.
     pm = torch.sigmoid(torch.tensor(2.0))
     focal = 0.25 * (1 - pm) ** 2 * -torch.log(pm)
@@ -148,8 +150,11 @@ def test_perfect_predictions_give_near_zero_box_and_mask_losses(problem) -> None
             logits[pair, slot] = 12.0
             mask_logits[pair, slot] = torch.where(targets.masks_padded[pair, slot], 30.0, -30.0)
     output = DetectorOutput(
-        pred_logits=logits, pred_boxes=boxes, pred_boxes_xyxy=box_cxcywh_to_xyxy(boxes),
-        presence_logit_dec=torch.where(targets.num_boxes > 0, 12.0, -12.0).float()[:, None], pred_masks=mask_logits,
+        pred_logits=logits,
+        pred_boxes=boxes,
+        pred_boxes_xyxy=box_cxcywh_to_xyxy(boxes),
+        presence_logit_dec=torch.where(targets.num_boxes > 0, 12.0, -12.0).float()[:, None],
+        pred_masks=mask_logits,
     )
     uniform_points = MaskLoss(num_points=2048, importance_sample_ratio=0.0)
     _, parts = _criterion(masks=uniform_points)(output, targets, LossNormalization.local(targets))
@@ -190,7 +195,9 @@ def test_no_classification_loss_without_visible_target_and_no_negatives_when_not
 def _ce_only(outputs: DetectorOutput, targets: PairTargets) -> torch.Tensor:
     criterion = _criterion(weights=LossWeights(presence_loss=0, loss_bbox=0, loss_giou=0, loss_mask=0, loss_dice=0))
     plain = DetectorOutput(
-        pred_logits=outputs.pred_logits, pred_boxes=outputs.pred_boxes, pred_boxes_xyxy=outputs.pred_boxes_xyxy,
+        pred_logits=outputs.pred_logits,
+        pred_boxes=outputs.pred_boxes,
+        pred_boxes_xyxy=outputs.pred_boxes_xyxy,
         presence_logit_dec=outputs.presence_logit_dec,
     )
     return criterion(plain, targets, LossNormalization.local(targets))[0]
@@ -238,11 +245,15 @@ def test_weak_loss_off_supervises_every_entry_and_divides_by_all_of_them(problem
     strong = _criterion(classification=ClassificationLoss(weak_loss=False))
     ce_weights = LossWeights(presence_loss=0, loss_bbox=0, loss_giou=0, loss_mask=0, loss_dice=0)
     plain = DetectorOutput(
-        pred_logits=outputs.pred_logits, pred_boxes=outputs.pred_boxes, pred_boxes_xyxy=outputs.pred_boxes_xyxy,
+        pred_logits=outputs.pred_logits,
+        pred_boxes=outputs.pred_boxes,
+        pred_boxes_xyxy=outputs.pred_boxes_xyxy,
         presence_logit_dec=outputs.presence_logit_dec,
     )
     norm = LossNormalization.local(targets)
-    _, strong_parts = _criterion(weights=ce_weights, classification=ClassificationLoss(weak_loss=False))(plain, targets, norm)
+    _, strong_parts = _criterion(weights=ce_weights, classification=ClassificationLoss(weak_loss=False))(
+        plain, targets, norm
+    )
     _, weak_parts = _criterion(weights=ce_weights)(plain, targets, norm)
     grad = torch.autograd.grad(strong(plain, targets, norm)[0], outputs.pred_logits)[0]
     assert grad[1].abs().min() > 0  # non-exhaustive, but every query is supervised
@@ -286,5 +297,8 @@ def test_sqrt_pairs_scale_keeps_split_equal_to_whole(problem, pair_subset) -> No
     whole, _ = scaled(outputs, targets, norm)
     assert whole.item() == pytest.approx(plain_total.item() * 8**0.5, rel=1e-5)
     halves = [torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7])]
-    ranks = [scaled(pair_subset(outputs, i), pair_subset(targets, i), dataclasses.replace(norm, scale=2.0))[0] for i in halves]
+    ranks = [
+        scaled(pair_subset(outputs, i), pair_subset(targets, i), dataclasses.replace(norm, scale=2.0))[0]
+        for i in halves
+    ]
     assert ((ranks[0] + ranks[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-5)

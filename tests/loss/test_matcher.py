@@ -183,7 +183,9 @@ def test_one_to_many_matches_reference(problem_generator, seed: int, unique_quer
     if unique_queries:
         assert len(pairs_queries) == len(set(pairs_queries)), "a query was assigned twice"
     assert visible[matches.pair_idx, matches.target_idx].all()
-    iou = torch.stack([box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes, strict=True)])
+    iou = torch.stack(
+        [box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(t)) for b, t in zip(boxes, target_boxes, strict=True)]
+    )
     expected = _o2m_reference(logits.sigmoid(), iou, visible, 0.3, 0.3, 4, unique_queries)
     got = sorted(zip(matches.pair_idx.tolist(), matches.query_idx.tolist(), matches.target_idx.tolist(), strict=True))
     assert got == expected
@@ -203,7 +205,9 @@ def test_one_to_many_overlapping_targets(unique_queries: bool) -> None:
         assert sorted(matches.query_idx.tolist()) == [0, 1, 2]
         assert matches.target_idx.tolist() == [0, 0, 0]  # slot 0 is the exact match
     else:
-        assert sorted(zip(matches.target_idx.tolist(), matches.query_idx.tolist(), strict=True)) == [(t, q) for t in (0, 1) for q in range(3)]
+        assert sorted(zip(matches.target_idx.tolist(), matches.query_idx.tolist(), strict=True)) == [
+            (t, q) for t in (0, 1) for q in range(3)
+        ]
 
 
 @pytest.fixture

@@ -57,7 +57,9 @@ def test_other_tensors_within_tolerance(ours, official):
 def test_binary_masks_agree_away_from_the_threshold(ours, official):
     scale = robust_scale([official[k] for k in official if k.split("/")[-1] == "masks"])
     decided = official["a_point_multimask/masks"].abs() > REL_TOL * scale
-    assert torch.equal(ours["a_point_multimask/masks_binary"][decided], official["a_point_multimask/masks_binary"][decided])
+    assert torch.equal(
+        ours["a_point_multimask/masks_binary"][decided], official["a_point_multimask/masks_binary"][decided]
+    )
 
 
 def test_chosen_mask_index_is_the_official_one(ours, official):

@@ -18,9 +18,9 @@ from sam3.model.memory_encoder import MemoryEncoder, build_memory_encoder
 from sam3.model.position_encoding import PositionEmbeddingSine
 from sam3.tools.reference_interactive import IMAGE_SIZE, FixedTrunk, build_seeded_heads
 from sam3.tools.seeded_init import read_manifest, seeded_tensor
-from tests.helpers import REFERENCE_DIR
+from tests.helpers import REFERENCE_DIR, reference_file
 
-TRACKER_OUTPUTS = REFERENCE_DIR / "sam3_tracker_seeded_outputs.pt"
+TRACKER_OUTPUTS = reference_file("sam3_tracker_seeded_outputs.pt")
 LAYOUT = REFERENCE_DIR / "sam3_checkpoint_layout_state_dict.tsv"
 ENCODER_NAME = "tracker.maskmem_backbone."
 ATTENTION_NAME = "tracker.transformer.encoder."
@@ -43,8 +43,8 @@ def tokens(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def official() -> dict[str, torch.Tensor]:
-    if not TRACKER_OUTPUTS.exists():
-        pytest.skip(f"{TRACKER_OUTPUTS.name} is not in {REFERENCE_DIR} (copy it from the shared reference folder)")
+    if TRACKER_OUTPUTS is None:
+        pytest.skip("sam3_tracker_seeded_outputs.pt: the shared reference folder is absent")
     return torch.load(TRACKER_OUTPUTS, weights_only=True)["tensors"]
 
 

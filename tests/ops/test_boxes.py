@@ -72,7 +72,10 @@ def test_elementwise_overlaps_are_exact_for_small_boxes_and_zero_for_empty_pairs
     boxes1 = box_ops.box_cxcywh_to_xyxy(torch.cat([centres, sides[:, 0]], -1))
     boxes2 = box_ops.box_cxcywh_to_xyxy(torch.cat([centres + 0.005, sides[:, 1]], -1))
     torch.testing.assert_close(
-        box_ops.elementwise_box_iou(boxes1, boxes2), torchvision.ops.box_iou(boxes1, boxes2).diagonal(), rtol=1e-12, atol=0
+        box_ops.elementwise_box_iou(boxes1, boxes2),
+        torchvision.ops.box_iou(boxes1, boxes2).diagonal(),
+        rtol=1e-12,
+        atol=0,
     )
     torch.testing.assert_close(
         box_ops.elementwise_generalized_box_iou(boxes1, boxes2),

@@ -58,6 +58,7 @@ def test_mask_iou_pairwise_and_batched():
     torch.testing.assert_close(iou, expected)
     batched = mask_ops.mask_iou(torch.stack([a, a]), torch.stack([b, b]))
     torch.testing.assert_close(batched, torch.stack([expected, expected]))
+
     def compressed(masks):
         return [{"size": r["size"], "counts": r["counts"].encode()} for r in mask_ops.rle_encode(masks)]
 

@@ -22,8 +22,22 @@ def test_predict_prints_boxes_and_writes_an_overlay(tmp_path, capsys):
     overlay = tmp_path / "overlay.png"
 
     predict.main(
-        ["--checkpoint", str(checkpoint), "--image", str(image_path), "--prompt", "red square",
-         "--model", "tiny", "--threshold", "0", "--out", str(overlay), "--device", "cpu"]
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            "--prompt",
+            "red square",
+            "--model",
+            "tiny",
+            "--threshold",
+            "0",
+            "--out",
+            str(overlay),
+            "--device",
+            "cpu",
+        ]
     )
 
     lines = capsys.readouterr().out.splitlines()
@@ -55,7 +69,6 @@ def test_predict_matches_the_model_forward():
     assert detections["masks"].shape == (16, 224, 224)
 
 
-
 def test_no_detection_above_the_threshold_writes_the_plain_image(tmp_path, capsys):
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
@@ -65,8 +78,22 @@ def test_no_detection_above_the_threshold_writes_the_plain_image(tmp_path, capsy
     overlay = tmp_path / "overlay.png"
 
     predict.main(
-        ["--checkpoint", str(checkpoint), "--image", str(image_path), "--prompt", "red square",
-         "--model", "tiny", "--threshold", "1.0", "--out", str(overlay), "--device", "cpu"]
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            "--prompt",
+            "red square",
+            "--model",
+            "tiny",
+            "--threshold",
+            "1.0",
+            "--out",
+            str(overlay),
+            "--device",
+            "cpu",
+        ]
     )
 
     assert capsys.readouterr().out.splitlines()[0].startswith("0 detections of 'red square'")
@@ -95,8 +122,23 @@ def test_predict_segments_clicks_and_a_box(tmp_path, capsys):
     Image.new("RGB", (150, 100), (20, 20, 20)).save(image_path)
     overlay = tmp_path / "click.png"
     predict.main(
-        ["--checkpoint", str(checkpoint), "--image", str(image_path), "--points", "40,30", "60,50,0",
-         "--box", "10,10,90,70", "--model", "tiny", "--out", str(overlay), "--device", "cpu"]
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            "--points",
+            "40,30",
+            "60,50,0",
+            "--box",
+            "10,10,90,70",
+            "--model",
+            "tiny",
+            "--out",
+            str(overlay),
+            "--device",
+            "cpu",
+        ]
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("interactive mask in") and len(lines) == 3

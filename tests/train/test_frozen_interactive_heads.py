@@ -13,7 +13,12 @@ INTERACTIVE = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 
 def test_fine_tune_keeps_the_interactive_heads(tmp_path, shapes_root):
     cfg = tiny_run_config(  # the fine-tuning experiment (the demo leaves the heads out), tiny model
-        tmp_path / "run", shapes_root, "paths.checkpoint=null", "trainer.max_steps=1", "data.val=null", "data.num_workers=0",
+        tmp_path / "run",
+        shapes_root,
+        "paths.checkpoint=null",
+        "trainer.max_steps=1",
+        "data.val=null",
+        "data.num_workers=0",
         config_name="roboflow_video_ft",
     )
     trainer = build_trainer(cfg, torch.device("cpu"))

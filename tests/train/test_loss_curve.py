@@ -25,8 +25,13 @@ from sam3.train.entry import build_trainer
 
 CURVE = Path(__file__).resolve().parents[1] / "assets" / "losses" / "demo_shapes_video_30_steps.json"
 NUM_STEPS = 30
-OVERRIDES = [f"trainer.max_steps={NUM_STEPS}", "trainer.log_every=1", "trainer.eval_at_start=false",
-             "trainer.checkpoint_every=0", "data.val=null"]
+OVERRIDES = [
+    f"trainer.max_steps={NUM_STEPS}",
+    "trainer.log_every=1",
+    "trainer.eval_at_start=false",
+    "trainer.checkpoint_every=0",
+    "data.val=null",
+]
 # Float summation order is fixed for one thread on one kind of CPU; the tolerance leaves room for a
 # different BLAS build, far below what any change of the objective moves (>= 1e-2 at step 0 already).
 RTOL = 1e-3

@@ -270,7 +270,12 @@ def test_bad_rules_are_rejected_when_the_config_is_built(overrides, message):
     [
         ({"no_weight_decay": {"names": ["*bais*"]}}, r"no_weight_decay.names: pattern '\*bais\*' matches no parameter"),
         (
-            {"lr_groups": {"vision": {"params": ["backbone.*"], "lr": 1e-4}, "text": {"params": ["*lang*"], "lr": 1e-5}}},
+            {
+                "lr_groups": {
+                    "vision": {"params": ["backbone.*"], "lr": 1e-4},
+                    "text": {"params": ["*lang*"], "lr": 1e-5},
+                }
+            },
             r"parameter 'backbone.language_backbone.* matches both 'vision' .* and 'text'",
         ),
         ({"layer_decay": {"apply_to": "backbone.trunk"}}, r"layer_decay.apply_to='backbone.trunk' holds no parameter"),

@@ -87,8 +87,14 @@ def make_case(seed: int) -> tuple[dict, list[dict]]:
             boxes.append([int(x) for x in coco_mask.toBbox(rle)])
             areas.append(int(coco_mask.area(rle)))
         preds.append(
-            {"video_id": video_id, "category_id": category_id, "bboxes": boxes, "score": float(score),
-             "segmentations": segs, "areas": areas}
+            {
+                "video_id": video_id,
+                "category_id": category_id,
+                "bboxes": boxes,
+                "score": float(score),
+                "segmentations": segs,
+                "areas": areas,
+            }
         )
 
     def perturb(masks: list) -> list:
@@ -120,8 +126,19 @@ def make_case(seed: int) -> tuple[dict, list[dict]]:
     for _ in range(5):  # false positives
         video_id = videos[int(rng.integers(0, NUM_VIDEOS))]["id"]
         cx, cy = rng.uniform(5, WIDTH - 5), rng.uniform(5, HEIGHT - 5)
-        emit(video_id, int(rng.integers(1, 11)), [ellipse(cx + t, cy, 4, 3) for t in range(NUM_FRAMES)], rng.uniform(0.3, 0.9))
-    gt = {"info": {}, "videos": videos, "annotations": annotations, "categories": categories, "video_np_pairs": np_pairs}
+        emit(
+            video_id,
+            int(rng.integers(1, 11)),
+            [ellipse(cx + t, cy, 4, 3) for t in range(NUM_FRAMES)],
+            rng.uniform(0.3, 0.9),
+        )
+    gt = {
+        "info": {},
+        "videos": videos,
+        "annotations": annotations,
+        "categories": categories,
+        "video_np_pairs": np_pairs,
+    }
     return gt, preds
 
 
