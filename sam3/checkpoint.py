@@ -5,8 +5,8 @@ Layouts recognised (from the file's keys, after `torch.load(weights_only=True)`)
 - official: `{"model": {"detector.<image-model key>": ..., "tracker.<key>": ...}}`. `detector.` is
   stripped. `tracker.*` and `detector.backbone.vision_backbone.sam2_convs.*` (the tracker and its
   neck) are optional: loaded into the model's `tracker` and `backbone.vision_backbone.sam2_convs` where
-  it has them (the interactive heads), reported as unused where it does not (the memory tracker's keys,
-  or a model built with `tracker=null`). The same two parts are optional in every layout.
+  it has them (all 309 tracker keys: interactive heads and memory), reported as unused where it does
+  not (a model built with `tracker=null`). The same two parts are optional in every layout.
 - training: `{"model": state_dict, "model_config": {...}, ...}` as written by our trainer; the resolved
   model config (`read_model_config`) lets tools rebuild the architecture; other entries are ignored.
 - bare: a state dict; ddp: a state dict whose keys all start with `module.`.
@@ -29,7 +29,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 OFFICIAL_MODEL_PREFIX = "detector."
-# Model keys of the optional interactive parts (tracker heads, second pyramid), in any layout.
+# Model keys of the optional tracker parts (tracker, second pyramid), in any layout.
 OPTIONAL_MODEL_PREFIXES = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
 MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section

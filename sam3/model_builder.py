@@ -155,7 +155,7 @@ def build_sam3_image_model(
         segmentation_head: mask head; dropped when `enable_segmentation` is False.
         enable_segmentation: keep the segmentation head (masks); False drops it, and a checkpoint's
             `segmentation_head.*` weights are then ignored.
-        tracker: interactive point / box heads; they need the neck's `sam2_convs` pyramid. None
+        tracker: interactive heads and video memory; they need the neck's `sam2_convs` pyramid. None
             leaves them out (a checkpoint's `tracker.*` and `sam2_convs` keys are then reported unused).
         checkpoint_path: official, bare, DDP or training checkpoint loaded strictly through
             `sam3.checkpoint`; None keeps the initialisation.

@@ -391,9 +391,9 @@ class VideoTracker:
         """Track all objects from `start_frame_idx` (default: the first prompted frame) over at most
         `max_frame_num_to_track` further frames, forward or in reverse; yields every frame's masks.
         Prompts given since the last call are consolidated first."""
-        self.propagate_in_video_preflight(state)
-        if not state.bank.cond:
+        if not state.bank.cond and not any(bank.cond for bank in state.temp.values()):
             raise RuntimeError("no prompts yet: add points, a box or a mask first")
+        self.propagate_in_video_preflight(state)
         clear = self._clears_memory(state)
         for frame_idx in self._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse):
             if frame_idx in state.consolidated:

@@ -68,7 +68,7 @@ def test_released_layout_fits_the_full_backbone_shape_by_shape(reference_dir):
     assert all(not k.startswith("backbone.") for k in report.outside_prefix)
 
 
-def test_released_layout_fits_the_full_model_with_interactive_heads(reference_dir):
+def test_released_layout_fits_the_full_model_with_tracker(reference_dir):
     with torch.device("meta"):
         model = instantiate(model_config("sam3"))
     layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
@@ -82,12 +82,10 @@ def test_released_layout_fits_the_full_model_with_interactive_heads(reference_di
     assert report.layout == "official" and not report.problems
     assert len(report.loaded) == len(model.state_dict()) - 32  # all but the 32 RoPE tables
     tracker_loaded = [k for k in report.loaded if k.startswith("tracker.")]
-    assert len(tracker_loaded) == 149 == len(model.tracker.state_dict())
+    assert len(tracker_loaded) == 309 == len(model.tracker.state_dict())
     assert sum(k.startswith("backbone.vision_backbone.sam2_convs.") for k in report.loaded) == 22
-    # Unused: only the memory tracker (memory encoder, memory attention, object pointers, ...).
-    assert len(report.known_unused) == 309 - 149
-    interactive = ("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.", "tracker.no_mem_embed")
-    assert not [k for k in report.known_unused if not k.startswith("tracker.") or k.startswith(interactive)]
+    # The released checkpoint is used whole: interactive heads and memory tracker alike.
+    assert report.known_unused == [] and report.outside_prefix == []
 
 
 def test_ddp_and_bare_layouts_are_recognised():
