@@ -6,6 +6,11 @@ optional mask NMS, so every rank sends same-shaped tensors). After the gather ev
 holds every frame; the group's first rank maps them to the original size, links them into masklets and
 keeps the prediction records. The records of all groups are gathered to rank 0, deduplicated, written
 once in the SA-Co/VEval prediction format and scored against the dataset's ground truth.
+
+`mode="track"` replaces the per-frame detection and linking of a video by `sam3.eval.track_mode`
+(detector on the detection frames, the memory tracker propagates); each video then runs in one
+process (frame groups of one rank; videos are still split over the groups), and the records take the
+same way to the metrics.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ For one video and its P phrases (`eval.mode: track`, dispatched by `sam3.eval.ev
    tracked masks on a detection frame are known before its detections are compared with them.
 4. Every object is one masklet: its thresholded video-size mask (logit > 0) on each frame from its first
    one (None before, and where the mask is empty); its score is the score of the detection that started it.
+   An object whose mask is empty on every frame (e.g. a tiny detection lost when the tracker resamples it
+   to its low-resolution mask grid) yields no masklet.
 
 What it does not do yet (Meta's video predictor does): hot start, keep-alive / removal of objects the
 detector stops confirming, reconditioning tracked objects on matched detections, occlusion suppression
@@ -186,7 +188,7 @@ def track_phrase(
         config: the new-object rule.
 
     Returns:
-        The masklets, ordered by first frame, then by detection score.
+        The masklets with a mask on at least one frame, ordered by first frame, then by detection score.
     """
     sessions: list[_Session] = []
     for t in range(num_frames):
@@ -278,7 +280,9 @@ class _Session:
         return masks
 
     def masklets(self) -> list[TrackedMasklet]:
+        """The objects with a mask on at least one frame."""
         return [
             TrackedMasklet(first_frame=self.first_frame, score=score, rles=rles)
             for score, rles in zip(self.scores, self.rles, strict=True)
+            if any(rle is not None for rle in rles)
         ]

@@ -138,6 +138,9 @@ def test_later_detections_start_objects_only_where_nothing_is_tracked():
     assert [(m.first_frame, m.score) for m in masklets] == [(0, F32(0.9)), (0, F32(0.6)), (2, 0.5)]
     assert masklets[2].rles[:2] == [None, None], "nothing before the object's first frame"
     assert all(r is not None for r in masklets[2].rles[2:])
+    empty = _predictions([_square(4, 4), _square(0, 0, side=0)], [0.9, 0.8])
+    masklets_empty = track_phrase(_StaticTracker(), {}, {0: empty}, NUM_FRAMES, (64, 64), TrackConfig())
+    assert [m.score for m in masklets_empty] == [F32(0.9)], "an empty detection starts no object"
     loose = TrackConfig(detect_every=2, new_object_iou_thresh=0.6)
     masklets = track_phrase(_StaticTracker(), {}, {0: frame0, 2: frame2}, NUM_FRAMES, (64, 64), loose)
     assert [(m.first_frame, m.score) for m in masklets] == [(0, F32(0.9)), (0, F32(0.6)), (2, F32(0.7)), (2, 0.5)]
@@ -151,6 +154,7 @@ def test_later_detections_start_objects_only_where_nothing_is_tracked():
     assert records[2]["bboxes"][:2] == [None, None] and records[2]["areas"][:2] == [None, None]
 
 
+@pytest.mark.slow
 def test_evaluate_in_track_mode_writes_and_scores_predictions(model, dataset_root, tmp_path):
     dataset = _dataset(dataset_root)
     calls = []
