@@ -154,7 +154,6 @@ def test_later_detections_start_objects_only_where_nothing_is_tracked():
     assert records[2]["bboxes"][:2] == [None, None] and records[2]["areas"][:2] == [None, None]
 
 
-@pytest.mark.slow
 def test_evaluate_in_track_mode_writes_and_scores_predictions(model, dataset_root, tmp_path):
     dataset = _dataset(dataset_root)
     calls = []
