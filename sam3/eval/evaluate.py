@@ -6,6 +6,11 @@ optional mask NMS, so every rank sends same-shaped tensors). After the gather ev
 holds every frame; the group's first rank maps them to the original size, links them into masklets and
 keeps the prediction records. The records of all groups are gathered to rank 0, deduplicated, written
 once in the SA-Co/VEval prediction format and scored against the dataset's ground truth.
+
+`mode="track"` replaces the per-frame detection and linking of a video by `sam3.eval.track_mode`
+(detector on the detection frames, the memory tracker propagates); each video then runs in one
+process (frame groups of one rank; videos are still split over the groups), and the records take the
+same way to the metrics.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.eval.linking import LinkingConfig, link_video
 from sam3.eval.postprocess import FrameDetections, MaskNMS, to_original_size
 from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions, write_predictions
+from sam3.eval.track_mode import TrackConfig, encode_video, masklet_records, track_phrase
 from sam3.eval.veval import evaluate_veval
 from sam3.structures import DetectorOutput
+from sam3.tracking import VideoTracker
 
 logger = logging.getLogger(__name__)
+
+EVAL_MODES = ("link", "track")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,8 @@ def evaluate(
     max_videos: int | None = None,
     async_gather: bool = True,
     gather_backbone_out: bool = False,
+    mode: str = "link",
+    track: TrackConfig = TrackConfig(),
 ) -> dict[str, float]:
     """Evaluates `model` on the whole videos of `dataset`; every rank calls it.
 
@@ -79,6 +90,9 @@ def evaluate(
         linking: masklet linking rules.
         max_videos: evaluate only the first N videos (None = all).
         async_gather, gather_backbone_out: the frame-group schedule (`VideoGroundingRunner`).
+        mode: "link" (detector on every frame, masklets by `linking`) or "track" (detector on the
+            detection frames of `track`, masklets by the memory tracker; `sam3.eval.track_mode`).
+        track: the track mode's settings.
 
     Returns:
         The dataset-level metrics on rank 0 (`video_mask_mAP_50_95`, `video_mask_demo_cgf1_micro_50_95`,
@@ -86,6 +100,13 @@ def evaluate(
     """
     if dataset.train:
         raise ValueError("evaluate needs an evaluation dataset (train=False): whole videos, no augmentation")
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval.mode={mode!r}: expected one of {list(EVAL_MODES)}")
+    if mode == "track" and group.group_size > 1:
+        raise ValueError(
+            f"eval.mode=track runs each video in one process, but the frame group has {group.group_size} ranks: "
+            "set distributed.frame_group_size=1 (videos are then split over the ranks), or use eval.mode=link"
+        )
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -96,7 +117,10 @@ def evaluate(
     runner = VideoGroundingRunner(model, group, async_gather=async_gather, gather_backbone_out=gather_backbone_out)
     select = _TopDetections(config)
     for video_idx in my_videos:
-        records += _video_records(runner, dataset, video_idx, device, select, config, linking)
+        if mode == "track":
+            records += _track_records(model, dataset, video_idx, device, select, config, track)
+        else:
+            records += _video_records(runner, dataset, video_idx, device, select, config, linking)
     model.train(was_training)
 
     shards = gather_objects_to_rank0(records if group.group_rank == 0 else [])
@@ -243,6 +267,30 @@ def _video_records(runner, dataset, video_idx, device, select, config, linking) 
         per_frame.append(predictions)
     category_ids = _category_ids(dataset.index, video_idx, sample.prompts)
     return link_video(video.video_id, category_ids, per_frame, size, linking)
+
+
+def _track_records(model, dataset, video_idx, device, select, config, track) -> list[dict[str, Any]]:
+    sample = dataset[(0, video_idx)]  # a group of one: every frame
+    video = dataset.index.videos[video_idx]
+    size = (video.height, video.width)
+    images = sample.images
+    encoded = encode_video(
+        model,
+        lambda t: images[t].to(device, non_blocking=True),
+        sample.num_frames,
+        sample.prompts,
+        size,
+        select=select,
+        selection=config,
+        config=track,
+    )
+    video_tracker = VideoTracker(model.tracker)  # no backbone: every frame's features are cached
+    records = []
+    for p, category_id in enumerate(_category_ids(dataset.index, video_idx, sample.prompts)):
+        detections = {t: per_prompt[p] for t, per_prompt in encoded.predictions.items()}
+        masklets = track_phrase(video_tracker, encoded.features, detections, sample.num_frames, size, track)
+        records += masklet_records(video.video_id, category_id, masklets)
+    return records
 
 
 def _category_ids(index: DatasetIndex, video_idx: int, prompts: list[str]) -> list[Any]:

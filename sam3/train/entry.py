@@ -25,8 +25,9 @@ from sam3.data.sampler import FrameGroupSampler
 from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
 from sam3.distributed.frame_shard import FrameGroup, build_frame_group
-from sam3.eval.evaluate import EvalConfig, evaluate
+from sam3.eval.evaluate import EVAL_MODES, EvalConfig, evaluate
 from sam3.eval.linking import LinkingConfig
+from sam3.eval.track_mode import TrackConfig
 from sam3.eval.visualize import PredictionStrip
 from sam3.model_builder import apply_runtime_policy
 from sam3.train.sections import build_section
@@ -78,22 +79,30 @@ class EvalSection:
     Attributes:
         score_thresh: operating point of cgF1, HOTA and TETA.
         max_videos: evaluate only the first N validation videos (None = all).
-        selection: detections kept before linking.
-        linking: masklet linking rules.
+        mode: "link" (detector on every frame, masklets by linking) or "track" (detector on the
+            detection frames, masklets by the memory tracker; `sam3.eval.track_mode`).
+        selection: detections kept before linking (and before they become tracker objects).
+        linking: masklet linking rules (mode "link").
+        track: detection frames and the new-object rule (mode "track").
         async_gather: overlap each frame chunk's all-gather with the next chunk's compute.
         gather_backbone_out: gather each frame's backbone features instead of its detector outputs.
     """
 
     score_thresh: float = 0.5
     max_videos: int | None = None
+    mode: str = "link"
     selection: EvalConfig = EvalConfig()
     linking: LinkingConfig = LinkingConfig()
+    track: TrackConfig = TrackConfig()
     async_gather: bool = True
     gather_backbone_out: bool = False
 
     def __post_init__(self) -> None:
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"eval.mode={self.mode!r}: expected one of {list(EVAL_MODES)}")
         object.__setattr__(self, "selection", build_section(EvalConfig, self.selection, "eval.selection"))
         object.__setattr__(self, "linking", build_section(LinkingConfig, self.linking, "eval.linking"))
+        object.__setattr__(self, "track", build_section(TrackConfig, self.track, "eval.track"))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -218,6 +227,8 @@ def _evaluate_at_step(model, step, *, evaluate, dataset, group, device, out_dir,
         max_videos=eval_cfg.max_videos,
         async_gather=eval_cfg.async_gather,
         gather_backbone_out=eval_cfg.gather_backbone_out,
+        mode=eval_cfg.mode,
+        track=eval_cfg.track,
     )
 
 
