@@ -17,10 +17,16 @@ Objects are coupled in two places, and both stay as in one process:
   session's object order (the same function on the same values as one process) and replaces the local
   one before the frame's outputs are stored per object and before the next frame reads them.
 
-Every other step is per object, so the gathered masks equal one process's bit for bit (gathers move raw
-bytes, `PackedLayout`). A rank with fewer objects pads its rows; a rank with none still takes part in
-every gather. Gathers are synchronous, one per frame: memory selection needs frame t's global score
-before frame t + 1 is tracked.
+Every other step is per object and the gathers move raw bytes (`PackedLayout`), so one rank reproduces
+`VideoTracker.propagate_in_video` bit for bit. With several ranks a tracked frame runs a smaller batch,
+and float32 GEMMs of a few rows (object-score and IoU heads, pointer MLP) may round differently with the
+row count (gemv for one row): on CPU, about 1e-7 per frame, growing to ~1e-6 relative over 8 frames.
+A rank with fewer objects pads its rows; a rank with none still takes part in every gather. Gathers are
+synchronous, one per frame: memory selection needs frame t's global score before frame t + 1 is tracked.
+
+The per-frame steps are `VideoTracker`'s own protected helpers (`_processing_order`, `_run_frame`,
+`_add_output_per_object`, `_clear_memory_around`, `_clears_memory`, `_video_res`), so this loop mirrors
+`VideoTracker.propagate_in_video` and must follow it when it changes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and memory-selection scores of one `VideoTracker` process, on the reference tracker session.
 
 Tolerance: one rank is compared bit for bit. With several ranks a tracked frame runs a batch of 2 or 1
-objects instead of 3, and CPU float32 kernels round differently with the batch size (measured on this
+objects instead of 3, and small CPU float32 GEMMs round differently with the row count (measured on this
 session: relative error <= 2e-6 for masks, about 1e-6 absolute for object score logits and 1e-7 for
 frame scores), so those runs are compared to `RTOL` (masks: relative norm, DESIGN.md) and `SCORE_ATOL`
 (score logits near 0 make a relative error meaningless)."""
