@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,15 @@ PREV_LOGITS_CLAMP = 32.0
 NON_OVERLAP_CLAMP = -10.0
 MASK_INPUT_THRESHOLD = 0.5
 DEFAULT_FEATURE_CACHE = 2
+
+
+class FrameExchange(Protocol):
+    """(frame_idx, this session's output or None, its (B, 1, 4h, 4w) masks or None, conditioning?) ->
+    the (N, 1, 4h, 4w) masks and (N, 1) scores to return for the frame."""
+
+    def __call__(
+        self, frame_idx: int, out: FrameOutput | None, masks: torch.Tensor | None, is_cond: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TrackedFrame(NamedTuple):
@@ -394,14 +403,32 @@ class VideoTracker:
         if not state.bank.cond and not any(bank.cond for bank in state.temp.values()):
             raise RuntimeError("no prompts yet: add points, a box or a mask first")
         self.propagate_in_video_preflight(state)
-        clear = self._clears_memory(state)
-        for frame_idx in self._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse):
-            if frame_idx in state.consolidated:
-                out, is_cond = state.bank.cond[frame_idx], True
+        order = self._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse)
+        yield from self.propagate_frames(state, order, reverse=reverse, clears_memory=self._clears_memory(state))
+
+    def propagate_frames(
+        self,
+        state: TrackingState,
+        order: Sequence[int],
+        *,
+        reverse: bool,
+        clears_memory: bool,
+        obj_ids: list[int] | None = None,
+        exchange: FrameExchange | None = None,
+    ) -> Iterator[TrackedFrame]:
+        """The propagation loop over `order` on a consolidated session (`propagate_in_video` without the
+        preflight). `exchange(frame_idx, out, masks, is_cond)` may replace the frame's low-res masks and
+        scores (e.g. by those of all ranks' objects, `obj_ids` then naming the rows) before the frame is
+        stored per object and returned; `out` is None when this session holds no object."""
+        obj_ids = list(state.obj_ids) if obj_ids is None else obj_ids
+        for frame_idx in order:
+            out, masks, is_cond = None, None, frame_idx in state.consolidated
+            if state.num_objects and is_cond:
+                out = state.bank.cond[frame_idx]
                 masks = out.pred_masks
-                if clear:
+                if clears_memory:
                     self._clear_memory_around(state, frame_idx)
-            else:
+            elif state.num_objects:
                 out, masks = self._run_frame(
                     state,
                     state.bank,
@@ -411,12 +438,14 @@ class VideoTracker:
                     reverse=reverse,
                     run_mem_encoder=True,
                 )
-                is_cond = False
                 state.bank.non_cond[frame_idx] = out
-            self._add_output_per_object(state, frame_idx, out, cond=is_cond)
+            scores = None if out is None else out.object_score_logits
+            if exchange is not None:
+                masks, scores = exchange(frame_idx, out, masks, is_cond)
+            if out is not None:
+                self._add_output_per_object(state, frame_idx, out, cond=is_cond)
             state.frames_tracked[frame_idx] = reverse
-            video_masks = self._video_res(state, masks)
-            yield TrackedFrame(frame_idx, list(state.obj_ids), masks, video_masks, out.object_score_logits)
+            yield TrackedFrame(frame_idx, list(obj_ids), masks, self._video_res(state, masks), scores)
 
     # ------------------------------------------------------------------ internals
     def _processing_order(

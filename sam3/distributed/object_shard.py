@@ -24,9 +24,7 @@ row count (gemv for one row): on CPU, about 1e-7 per frame, growing to ~1e-6 rel
 A rank with fewer objects pads its rows; a rank with none still takes part in every gather. Gathers are
 synchronous, one per frame: memory selection needs frame t's global score before frame t + 1 is tracked.
 
-The per-frame steps are `VideoTracker`'s own protected helpers (`_processing_order`, `_run_frame`,
-`_add_output_per_object`, `_clear_memory_around`, `_clears_memory`, `_video_res`), so this loop mirrors
-`VideoTracker.propagate_in_video` and must follow it when it changes.
+The loop is `VideoTracker.propagate_frames` itself; this module only adds the per-frame exchange.
 """
 
 from __future__ import annotations
@@ -181,36 +179,19 @@ class ObjectShardedTracker:
         """`VideoTracker.propagate_in_video` on this rank's objects; yields every object's masks per frame
         (rows in `shard.obj_ids` order). Every rank of the group must iterate it to the end together."""
         video, state = self.video_tracker, shard.state
-        for frame_idx in video._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse):
-            is_cond = frame_idx in state.consolidated
-            out = None
-            if state.num_objects == 0:
-                masks = scores = iou = None
-            elif is_cond:
-                out = state.bank.cond[frame_idx]
-                masks, scores, iou = out.pred_masks, out.object_score_logits, out.iou_score
-                if shard.clears_memory:
-                    video._clear_memory_around(state, frame_idx)
-            else:
-                out, masks = video._run_frame(
-                    state,
-                    state.bank,
-                    frame_idx,
-                    batch=state.num_objects,
-                    is_init_cond_frame=False,
-                    reverse=reverse,
-                    run_mem_encoder=True,
-                )
-                scores, iou = out.object_score_logits, out.iou_score
-                state.bank.non_cond[frame_idx] = out
+        order = video._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse)
+
+        def exchange(frame_idx, out, masks, is_cond):
+            scores = None if out is None else out.object_score_logits
+            iou = None if out is None else out.iou_score
             all_masks, all_scores, all_iou = self._gather(shard, masks, scores, iou)
-            if out is not None:
-                if not is_cond and all_iou is not None:
-                    out.eff_iou_score = video.tracker.memory_score(all_scores, all_iou)
-                video._add_output_per_object(state, frame_idx, out, cond=is_cond)
-            state.frames_tracked[frame_idx] = reverse
-            video_masks = video._video_res(state, all_masks)
-            yield TrackedFrame(frame_idx, list(shard.obj_ids), all_masks, video_masks, all_scores)
+            if out is not None and not is_cond and all_iou is not None:
+                out.eff_iou_score = video.tracker.memory_score(all_scores, all_iou)  # over the whole session
+            return all_masks, all_scores
+
+        yield from video.propagate_frames(
+            state, order, reverse=reverse, clears_memory=shard.clears_memory, obj_ids=shard.obj_ids, exchange=exchange
+        )
 
     def _gather(
         self,
