@@ -81,12 +81,13 @@ def fixed_features(frame: int, grid: int) -> torch.Tensor:
     return trunk.to(torch.float32)[None]
 
 
-def build_seeded_heads(seed: int) -> tuple[ViTDetNeck, Tracker]:
-    """The `sam3` preset's neck (on `FixedTrunk`) and tracker at 224 px, SEEDED_INIT_V1 on released names."""
-    cfg = model_config("sam3", [f"backbone.vision_backbone.trunk.img_size={IMAGE_SIZE}"])
+def build_seeded_heads(seed: int, image_size: int = IMAGE_SIZE) -> tuple[ViTDetNeck, Tracker]:
+    """The `sam3` preset's neck (on `FixedTrunk`) and tracker at `image_size` px (the recipes: 224),
+    SEEDED_INIT_V1 on released names."""
+    cfg = model_config("sam3", [f"backbone.vision_backbone.trunk.img_size={image_size}"])
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     neck_cfg = {k: v for k, v in cfg.backbone.vision_backbone.items() if k != "trunk"}
-    neck = instantiate(neck_cfg, trunk=FixedTrunk()).eval()
+    neck = instantiate(neck_cfg, trunk=FixedTrunk(image_size=image_size)).eval()
     tracker = instantiate(cfg.tracker).eval()
     with torch.no_grad():
         for prefix, module in ((NECK_NAME, neck), (TRACKER_NAME, tracker)):
