@@ -210,22 +210,21 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("interactive", [False, True])
-def test_full_preset_has_exactly_the_official_keys(reference_dir, interactive):
-    overrides = [] if interactive else ["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"]
+@pytest.mark.parametrize("with_tracker", [False, True])
+def test_full_preset_has_exactly_the_official_keys(reference_dir, with_tracker):
+    overrides = [] if with_tracker else ["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"]
     with torch.device("meta"):
         model = instantiate(model_config("sam3", overrides))
     manifest = {k: (shape, dtype) for k, shape, dtype in read_manifest(reference_dir / "sam3_image_state_dict.tsv")}
-    if interactive:  # plus the released interactive heads and their pyramid, under their released names
+    if with_tracker:  # plus the released tracker and its pyramid, under their released names
         layout = read_manifest(reference_dir / "sam3_checkpoint_layout_state_dict.tsv")
-        interactive_prefixes = ("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.", "tracker.no_mem_embed")
         manifest.update(
             {k.removeprefix("detector."): (shape, dtype) for k, shape, dtype in layout if "sam2_convs" in k}
         )
-        manifest.update({k: (shape, dtype) for k, shape, dtype in layout if k.startswith(interactive_prefixes)})
+        manifest.update({k: (shape, dtype) for k, shape, dtype in layout if k.startswith("tracker.")})
     ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
     assert sorted(set(manifest) - set(ours)) == []
     assert sorted(set(ours) - set(manifest)) == []
     assert {k: v for k, v in ours.items() if manifest[k] != v} == {}
-    if not interactive:
+    if not with_tracker:
         assert sum(p.numel() for p in model.parameters()) == 840_509_750
