@@ -154,6 +154,7 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     criterion = instantiate(cfg.loss).to(device)
     optim = instantiate(cfg.optim.optimizer, _convert_="all")
     schedule = instantiate(cfg.optim.schedule, _convert_="all")
+    max_bad_samples = _max_bad_samples(cfg)
     train_loader = None
     if config.mode == "train":
         train_loader = build_train_loader(cfg, group)
@@ -171,12 +172,17 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         weights_loaded=cfg.paths.get("checkpoint") is not None,
         visualize=PredictionStrip(score_thresh=_section(cfg, "eval", EvalSection).score_thresh),
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        max_bad_samples=max_bad_samples,
     )
 
 
 def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
-    """This rank's loader: its frame group's clips, its own frames of each clip."""
-    dataset = instantiate(cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
+    """This rank's loader: its frame group's clips, its own frames of each clip. With
+    `data.max_bad_samples` > 0 the dataset reports clips it cannot load instead of raising."""
+    reporting = {"on_bad_sample": "report"} if _max_bad_samples(cfg) > 0 else {}
+    dataset = instantiate(
+        cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, **reporting, _convert_="all"
+    )
     sampler = FrameGroupSampler(
         len(dataset), num_groups=group.num_groups, group_idx=group.group_idx, shuffle=True, seed=int(cfg.seed)
     )
@@ -236,6 +242,16 @@ def _section(cfg: DictConfig, key: str, cls: type):
     """The typed section `key` of a run config (defaults when absent); unknown keys raise."""
     values = OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else {}
     return build_section(cls, values, key)
+
+
+def _max_bad_samples(cfg: DictConfig) -> int:
+    """`data.max_bad_samples` (absent = 0: the first bad training sample stops the run)."""
+    value = cfg.data.get("max_bad_samples", 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"data.max_bad_samples={value!r}: expected an integer >= 0 (0 = stop at the first bad sample)")
+    return value
 
 
 def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
