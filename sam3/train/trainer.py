@@ -128,6 +128,8 @@ class Trainer:
             rebuild the model it was trained with (`sam3.model_builder.build_model`).
         max_bad_samples: `data.max_bad_samples`, training clips that may fail to load (`BadBatch`es
             from a loader whose dataset reports bad samples) over the whole run before it stops.
+        bad_records: annotation records the training data skipped when it was read; they count
+            against `max_bad_samples` from the start.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class Trainer:
         visualize: Callable[..., torch.Tensor] | None = None,
         model_config: dict[str, Any] | None = None,
         max_bad_samples: int = 0,
+        bad_records: int = 0,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -160,7 +163,8 @@ class Trainer:
         self.visualize = visualize
         self.model_config = model_config
         self.max_bad_samples = max_bad_samples
-        self.bad_samples = 0  # clips skipped so far, over every rank and the resumed runs before
+        self.bad_records = bad_records
+        self.bad_samples = bad_records  # records and clips skipped so far, over every rank and resumed runs
         self.rank = get_rank()
         self.world_size = get_world_size()
         self.step = 0
@@ -217,6 +221,8 @@ class Trainer:
         self._freeze()
         self.optimizer = build_optimizer(self.model, self.optim_config)
         resumed_from = self._maybe_resume()
+        if resumed_from is None and self.bad_records:
+            self._write_stats({"step": 0, "data/bad_samples": self.bad_samples, "data/bad_records": self.bad_records})
         ddp_model = self._wrap_ddp()
         autocast_dtype = self._autocast_dtype()
         history: dict[str, Any] = {"metrics": {}}

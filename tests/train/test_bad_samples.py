@@ -1,5 +1,6 @@
 """`data.max_bad_samples`: a corrupt frame stops the run naming the file (default 0), or is skipped on
-every rank, logged and counted in stats.jsonl and the checkpoint, up to the limit and never more."""
+every rank, logged and counted in stats.jsonl and the checkpoint, up to the limit and never more; bad
+annotation records skipped at load time count against the same limit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 import sam3.train.trainer as trainer_module
 from sam3.data.index import DataError
@@ -92,6 +94,45 @@ def test_more_bad_samples_than_allowed_stop_the_run(two_frame_shapes, tmp_path):
     cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *COMMON, "data.max_bad_samples=1")
     with pytest.raises(DataError, match=r"frame 1.*bad sample 2 of the run, more than data.max_bad_samples=1"):
         build_trainer(cfg, CPU).run()
+
+
+def _break_records(dataset_root: Path, num_records: int) -> list[str]:
+    """Moves the first box of `num_records` annotations outside the image, each from a pair that keeps
+    other masklets (so the pair stays, one skipped record each); returns their names."""
+    path = dataset_root / "train" / "annotations.json"
+    gt = json.loads(path.read_text())
+    shared = {(p["video_id"], p["category_id"]) for p in gt["video_np_pairs"] if p["num_masklets"] >= 2}
+    broken = [a for a in gt["annotations"] if (a["video_id"], a["category_id"]) in shared][:num_records]
+    assert len(broken) == num_records, "the generated data has too few shared pairs"
+    for ann in broken:
+        t = next(t for t, box in enumerate(ann["bboxes"]) if box is not None)
+        ann["bboxes"][t] = [1000.0, 0.0, 5.0, 5.0]
+    path.write_text(json.dumps(gt))
+    return [f"annotation {ann['id']}" for ann in broken]
+
+
+def test_bad_annotation_records_count_against_the_limit(two_frame_shapes, tmp_path):
+    _corrupt_copy(two_frame_shapes, tmp_path / "data")
+    _break_records(tmp_path / "data", 1)
+    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *COMMON, "data.max_bad_samples=2")
+    assert build_trainer(cfg, CPU).run()["step"] == NUM_VIDEOS
+    stats = _stats(tmp_path / "run")
+    assert stats[0] == {"step": 0, "data/bad_samples": 1, "data/bad_records": 1}
+    assert stats[-1]["data/bad_samples"] == 2  # the record, then the frame
+    cfg = tiny_run_config(tmp_path / "run1", tmp_path / "data", *COMMON, "data.max_bad_samples=1")
+    with pytest.raises(DataError, match=r"frame 1.*bad sample 2 of the run"):
+        build_trainer(cfg, CPU).run()
+
+
+def test_more_bad_annotation_records_than_allowed_stop_at_load(two_frame_shapes, tmp_path):
+    shutil.copytree(two_frame_shapes, tmp_path / "data")
+    first, _ = _break_records(tmp_path / "data", 2)
+    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *COMMON, "data.max_bad_samples=1")
+    with pytest.raises(DataError, match=rf"{first}: field 'bboxes\[.*2 bad records in the file, more than"):
+        build_trainer(cfg, CPU)
+    cfg = tiny_run_config(tmp_path / "run", tmp_path / "data", *COMMON)  # default 0: the reader raises
+    with pytest.raises(InstantiationException, match=rf"{first}: field 'bboxes\[.*lies outside"):
+        build_trainer(cfg, CPU)
 
 
 def test_max_bad_samples_must_be_a_count(two_frame_shapes, tmp_path):
