@@ -111,6 +111,8 @@ def _break_records(dataset_root: Path, num_records: int) -> list[str]:
     return [f"annotation {ann['id']}" for ann in broken]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_bad_annotation_records_count_against_the_limit(two_frame_shapes, tmp_path):
     _corrupt_copy(two_frame_shapes, tmp_path / "data")
     _break_records(tmp_path / "data", 1)
