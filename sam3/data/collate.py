@@ -1,4 +1,9 @@
-"""One clip as the dataset returns it, and the collate function that batches clips into a `ClipBatch`."""
+"""One clip as the dataset returns it, and the collate function that batches clips into a `ClipBatch`.
+
+A dataset asked to report bad samples (`on_bad_sample="report"`) returns a `BadClip` instead of
+raising; a batch holding one collates to a `BadBatch`, which the trainer discards on every rank
+(`data.max_bad_samples`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sam3.data.index import DataError
 from sam3.structures import ClipBatch, FrameMeta, PairIndex, PairTargets
 
 
@@ -51,14 +57,58 @@ class ClipSample:
     clip_id: Any = None
 
 
-def collate_clips(samples: list[ClipSample]) -> ClipBatch:
+@dataclass(frozen=True)
+class BadClip:
+    """A clip this rank could not load: the `DataError`'s parts (picklable, unlike the exception).
+
+    Attributes:
+        clip_id: the dataset key of the clip (epoch, index).
+        video_id: the source video's id.
+        path: the annotation file.
+        record: "video V frame F" (or with the annotation).
+        field_name: the field at fault.
+        problem: what is wrong, naming the frame file where there is one.
+    """
+
+    clip_id: Any
+    video_id: Any
+    path: str
+    record: str | None
+    field_name: str | None
+    problem: str
+
+    @classmethod
+    def from_error(cls, error: DataError, clip_id: Any, video_id: Any) -> BadClip:
+        return cls(clip_id, video_id, error.path, error.record, error.field_name, error.problem)
+
+    def error(self) -> DataError:
+        return DataError(self.path, self.record, self.field_name, self.problem)
+
+
+@dataclass(frozen=True)
+class BadBatch:
+    """A batch in which some clips could not be loaded; the whole batch is discarded.
+
+    Attributes:
+        bad_clips: the clips that failed.
+        num_clips: clips of the batch, good and bad (they all advance the sampler position).
+    """
+
+    bad_clips: list[BadClip]
+    num_clips: int
+
+
+def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
     """Batches clips: local frames concatenated clip by clip, targets padded per (frame, prompt) pair.
 
     Works when some or all clips have no local frame (T < F): the batch then has fewer (or zero) frames
-    and pairs but keeps every clip's prompts and `num_frames`.
+    and pairs but keeps every clip's prompts and `num_frames`. A batch with a `BadClip` is a `BadBatch`.
     """
     if not samples:
         raise ValueError("collate_clips needs at least one clip")
+    bad = [s for s in samples if isinstance(s, BadClip)]
+    if bad:
+        return BadBatch(bad_clips=bad, num_clips=len(samples))
     has_masks = samples[0].masks is not None
     if any((s.masks is not None) != has_masks for s in samples):
         raise ValueError("cannot batch clips with masks together with box-only clips")

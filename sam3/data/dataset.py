@@ -5,26 +5,33 @@ is drawn from annotations alone, before any decoding, so the ranks of a frame gr
 communicating. Each rank then decodes and transforms only its own frames (`frames_of_rank`).
 Training: clip index i draws T frames at a random stride from video i // clips_per_video.
 Evaluation: clip index = video index, and the clip is the whole video.
+
+A frame or mask that cannot be loaded raises `DataError` naming the annotation file, the video, the
+frame and the frame file or annotation; with `on_bad_sample="report"` the clip comes back as a
+`BadClip` instead, for the trainer to skip on every rank (`data.max_bad_samples`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
-from sam3.data.collate import ClipSample
+from sam3.data.collate import BadClip, ClipSample
 from sam3.data.frames import read_frame
-from sam3.data.index import DatasetIndex, Masklet
+from sam3.data.index import DataError, DatasetIndex, Masklet, VideoRecord
 from sam3.data.prompts import PromptConfig, select_prompts
 from sam3.data.readers import OnError, load_annotations
 from sam3.data.sampler import ClipKey, clip_rng, sample_clip_frames
 from sam3.data.transforms import AugmentConfig, ClipTransform
 from sam3.distributed.frame_layout import frames_of_rank
 from sam3.ops.boxes import box_xywh_to_xyxy, box_xyxy_to_cxcywh, normalize_boxes
-from sam3.ops.masks import rle_decode
+from sam3.ops.masks import rle_decode, rle_problem
+
+OnBadSample = Literal["raise", "report"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class VideoGroundingDataset(Dataset):
         seed: the seed of every clip's random stream (the same on every rank).
         load_masks: decode the masks (False gives box-only targets, e.g. for evaluation of long videos,
             whose metrics read the masks from the annotation file).
+        on_bad_sample: "raise" a `DataError` for a frame or mask that cannot be loaded, or "report" it
+            by returning a `BadClip` (the trainer's `data.max_bad_samples`).
     """
 
     def __init__(
@@ -74,7 +83,10 @@ class VideoGroundingDataset(Dataset):
         group_rank: int = 0,
         seed: int = 0,
         load_masks: bool = True,
+        on_bad_sample: OnBadSample = "raise",
     ):
+        if on_bad_sample not in ("raise", "report"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'report', got {on_bad_sample!r}")
         if not 0 <= group_rank < group_size:
             raise ValueError(f"group_rank must be in [0, group_size={group_size}), got {group_rank}")
         if len(index) == 0:
@@ -89,6 +101,7 @@ class VideoGroundingDataset(Dataset):
         self.group_rank = group_rank
         self.seed = seed
         self.load_masks = load_masks
+        self.on_bad_sample = on_bad_sample
 
     def __len__(self) -> int:
         return len(self.index) * (self.clip_sampling.clips_per_video if self.train else 1)
@@ -97,7 +110,16 @@ class VideoGroundingDataset(Dataset):
         """The position in the index of the video clip `clip_idx` comes from."""
         return clip_idx // self.clip_sampling.clips_per_video if self.train else clip_idx
 
-    def __getitem__(self, key: ClipKey) -> ClipSample:
+    def __getitem__(self, key: ClipKey) -> ClipSample | BadClip:
+        try:
+            return self._load(key)
+        except DataError as e:
+            if self.on_bad_sample == "raise":
+                raise
+            video = self.index.videos[self.video_position(key[1])]
+            return BadClip.from_error(e, clip_id=key, video_id=video.video_id)
+
+    def _load(self, key: ClipKey) -> ClipSample:
         epoch, clip_idx = key
         if not 0 <= clip_idx < len(self):
             raise IndexError(f"clip index {clip_idx} out of range for {len(self)} clips")
@@ -134,7 +156,7 @@ class VideoGroundingDataset(Dataset):
         pixels = torch.stack(decoded) if decoded else torch.zeros(0, 3, video.height, video.width, dtype=torch.uint8)
         masks = None
         if self.load_masks and self.index.has_masks:
-            masks = self._masks(instances, own_frames, video.height, video.width)
+            masks = self._masks(instances, own_frames, video)
         images, boxes_xyxy, masks = self.transform(pixels, clip_boxes[own], masks, params)
 
         size = self.transform.image_size
@@ -161,15 +183,23 @@ class VideoGroundingDataset(Dataset):
             clip_id=key,
         )
 
-    @staticmethod
-    def _masks(instances: list[Masklet], frames: list[int], height: int, width: int) -> torch.Tensor:
-        """(F, N, H, W) bool masks of `instances` on video frames `frames`, empty where not visible."""
-        masks = torch.zeros(len(frames), len(instances), height, width, dtype=torch.bool)
+    def _masks(self, instances: list[Masklet], frames: list[int], video: VideoRecord) -> torch.Tensor:
+        """(F, N, H, W) bool masks of `instances` on video frames `frames`, empty where not visible;
+        an RLE whose runs do not cover the frame raises `DataError` (pycocotools would decode garbage)."""
+        masks = torch.zeros(len(frames), len(instances), video.height, video.width, dtype=torch.bool)
         where, rles = [], []
         for f, frame in enumerate(frames):
             for n, masklet in enumerate(instances):
                 rle = masklet.segmentations[frame]
                 if rle is not None and masklet.is_visible(frame):
+                    problem = rle_problem(rle)
+                    if problem is not None:
+                        raise DataError(
+                            self.index.source,
+                            f"video {video.video_id} frame {frame} annotation {masklet.ann_id}",
+                            f"segmentations[{frame}].counts",
+                            problem,
+                        )
                     where.append((f, n))
                     rles.append(rle)
         if rles:
@@ -197,6 +227,7 @@ def build_video_dataset(
     seed: int = 0,
     load_masks: bool = True,
     missing_hint: str | None = None,
+    on_bad_sample: OnBadSample = "raise",
 ) -> VideoGroundingDataset:
     """Reads an annotation file (any format) and wraps it as a dataset; arguments as in the pieces, and
     `missing_hint`: how to obtain the data, said when the annotation file does not exist."""
@@ -215,4 +246,5 @@ def build_video_dataset(
         group_rank=group_rank,
         seed=seed,
         load_masks=load_masks,
+        on_bad_sample=on_bad_sample,
     )

@@ -1,4 +1,10 @@
-"""Frame files: decoding with torchvision.io, and a header-only size check for the validator."""
+"""Frame files: decoding with torchvision.io, and a header-only size check for the validator.
+
+A frame that cannot be used raises `DataError` naming the annotation file, the video and frame, and
+the frame file: missing, empty or unreadable, not an image, truncated (a JPEG without its end marker,
+a PNG without its IEND chunk, which torchvision would otherwise decode from the rows present) or of
+another size than the annotations say.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,10 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from sam3.data.index import DataError, VideoRecord
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The last 12 bytes of every complete PNG: the empty IEND chunk (length 0, type, CRC).
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def frame_path(frames_root: str | Path, video: VideoRecord, frame_idx: int) -> Path:
@@ -27,14 +37,22 @@ def read_frame(frames_root: str | Path, video: VideoRecord, frame_idx: int, sour
     """
     path = frame_path(frames_root, video, frame_idx)
     record = f"video {video.video_id} frame {frame_idx}"
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "is missing"
+        raise DataError(source, record, "file_names", f"frame file {path} {problem}")
     try:
         data = read_file(str(path))
-    except (FileNotFoundError, RuntimeError):
-        raise DataError(source, record, "file_names", f"frame file {path} is missing or unreadable") from None
+    except RuntimeError as e:
+        raise DataError(source, record, "file_names", f"frame file {path} is unreadable: {_reason(e)}") from None
+    if data.numel() >= len(PNG_SIGNATURE) and bytes(data[: len(PNG_SIGNATURE)].tolist()) == PNG_SIGNATURE:
+        if bytes(data[-len(PNG_END) :].tolist()) != PNG_END:
+            raise DataError(source, record, "file_names", f"frame file {path} is a truncated PNG (no IEND chunk)")
     try:
         image = decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError as e:
-        raise DataError(source, record, "file_names", f"cannot decode frame file {path}: {e}") from None
+        raise DataError(
+            source, record, "file_names", f"cannot decode frame file {path} (corrupt or truncated?): {_reason(e)}"
+        ) from None
     _check_size(tuple(image.shape[-2:]), video, record, path, source)
     return image
 
@@ -61,3 +79,11 @@ def _check_size(size: tuple[int, int], video: VideoRecord, record: str, path: Pa
             "height/width",
             f"frame file {path} is {size[0]}x{size[1]} (HxW) but the annotations say {video.height}x{video.width}",
         )
+
+
+def _reason(error: RuntimeError) -> str:
+    """torchvision's message without the C++ source location it starts with ("fn, file.cpp:N, reason")."""
+    message = str(error).strip()
+    _, sep, tail = message.rpartition(".cpp:")
+    reason = tail.partition(", ")[2] if sep else ""
+    return reason or message

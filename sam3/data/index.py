@@ -21,6 +21,7 @@ class DataError(ValueError):
         self.path = str(path)
         self.record = record
         self.field_name = field_name
+        self.problem = problem
         where = [self.path]
         if record is not None:
             where.append(record)

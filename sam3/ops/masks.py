@@ -16,7 +16,16 @@ from pycocotools import mask as coco_mask
 
 RLE = dict[str, Any]
 
-__all__ = ["RLE", "masks_to_boxes_xyxy", "rle_encode", "rle_decode", "rle_area", "rle_to_box_xywh", "mask_iou"]
+__all__ = [
+    "RLE",
+    "masks_to_boxes_xyxy",
+    "rle_encode",
+    "rle_decode",
+    "rle_problem",
+    "rle_area",
+    "rle_to_box_xywh",
+    "mask_iou",
+]
 
 
 def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
@@ -54,6 +63,44 @@ def rle_decode(rles: list[RLE]) -> torch.Tensor:
     compressed = [_as_compressed(rle) for rle in rles]
     array = coco_mask.decode(compressed)  # (H, W, N) uint8
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).bool()
+
+
+def rle_problem(rle: RLE) -> str | None:
+    """What is wrong with a compressed RLE's `counts`, or None if its runs cover exactly H*W pixels.
+
+    pycocotools decodes any string without checking it: a string cut mid-number reads past its end and
+    runs that do not add up to H*W give a wrong mask (or memory garbage), so check before decoding.
+    The string holds each run as 6-bit groups (char - 48), 5 data bits and a continuation bit, the last
+    group's bit 4 the sign; runs after the second are stored as the difference to the run two back.
+    """
+    height, width = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        runs = counts
+    else:
+        text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        runs, value, shift = [], 0, 0
+        for position, char in enumerate(text):
+            code = ord(char) - 48
+            if not 0 <= code < 64:
+                return f"RLE counts has the invalid character {char!r} at position {position}"
+            value |= (code & 0x1F) << shift
+            shift += 5
+            if code & 0x20:
+                continue
+            if code & 0x10:
+                value |= -1 << shift
+            if len(runs) > 2:
+                value += runs[-2]
+            runs.append(value)
+            value, shift = 0, 0
+        if shift:
+            return "RLE counts ends in the middle of a run (truncated string)"
+    if any(run < 0 for run in runs):
+        return "RLE counts has a negative run"
+    if sum(runs) != height * width:
+        return f"RLE runs cover {sum(runs)} pixels, not {height}*{width} = {height * width}"
+    return None
 
 
 def rle_area(rles: list[RLE]) -> torch.Tensor:

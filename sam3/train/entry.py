@@ -21,6 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sam3.data.collate import collate_clips
+from sam3.data.index import DataError
+from sam3.data.readers import load_annotations
 from sam3.data.sampler import FrameGroupSampler
 from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
@@ -154,9 +156,11 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     criterion = instantiate(cfg.loss).to(device)
     optim = instantiate(cfg.optim.optimizer, _convert_="all")
     schedule = instantiate(cfg.optim.schedule, _convert_="all")
-    train_loader = None
+    max_bad_samples = _max_bad_samples(cfg)
+    train_loader, bad_records = None, 0
     if config.mode == "train":
         train_loader = build_train_loader(cfg, group)
+        bad_records = _bad_records_at_load(train_loader.dataset, max_bad_samples)
     evaluate_fn = build_evaluate(cfg, group, device) if cfg.data.get("val") is not None else None
     return Trainer(
         model=model,
@@ -171,12 +175,19 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         weights_loaded=cfg.paths.get("checkpoint") is not None,
         visualize=PredictionStrip(score_thresh=_section(cfg, "eval", EvalSection).score_thresh),
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        max_bad_samples=max_bad_samples,
+        bad_records=bad_records,
     )
 
 
 def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
-    """This rank's loader: its frame group's clips, its own frames of each clip."""
-    dataset = instantiate(cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
+    """This rank's loader: its frame group's clips, its own frames of each clip. With
+    `data.max_bad_samples` > 0 the dataset skips bad annotation records (`on_error="skip"`) and reports
+    clips it cannot load instead of raising; both count against the limit."""
+    reporting = {"on_bad_sample": "report", "on_error": "skip"} if _max_bad_samples(cfg) > 0 else {}
+    dataset = instantiate(
+        cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, **reporting, _convert_="all"
+    )
     sampler = FrameGroupSampler(
         len(dataset), num_groups=group.num_groups, group_idx=group.group_idx, shuffle=True, seed=int(cfg.seed)
     )
@@ -236,6 +247,36 @@ def _section(cfg: DictConfig, key: str, cls: type):
     """The typed section `key` of a run config (defaults when absent); unknown keys raise."""
     values = OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else {}
     return build_section(cls, values, key)
+
+
+def _max_bad_samples(cfg: DictConfig) -> int:
+    """`data.max_bad_samples` (absent = 0: the first bad training sample stops the run)."""
+    value = cfg.data.get("max_bad_samples", 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"data.max_bad_samples={value!r}: expected an integer >= 0 (0 = stop at the first bad sample)")
+    return value
+
+
+def _bad_records_at_load(dataset: Any, max_bad_samples: int) -> int:
+    """Annotation records the training dataset skipped when it read its file (every rank reads the whole
+    file, so every rank gets the same count); more than `max_bad_samples` raises the first one's error."""
+    index = getattr(dataset, "index", None)
+    num_skipped = getattr(index, "num_skipped", 0)
+    if num_skipped <= max_bad_samples:
+        return num_skipped
+    try:
+        load_annotations(index.source, format=index.format)
+    except DataError as e:
+        raise DataError(
+            e.path,
+            e.record,
+            e.field_name,
+            f"{e.problem} ({num_skipped} bad records in the file, more than data.max_bad_samples="
+            f"{max_bad_samples} allows: fix them or raise the limit)",
+        ) from None
+    raise AssertionError(f"{index.source}: {num_skipped} records were skipped but the file now reads cleanly")
 
 
 def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:

@@ -29,7 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sam3.checkpoint import MODEL_CONFIG_KEY
-from sam3.distributed.collectives import any_rank
+from sam3.data.collate import BadBatch, BadClip
+from sam3.data.index import DataError
+from sam3.distributed.collectives import all_gather_objects, any_rank
 from sam3.distributed.env import get_rank, get_world_size
 from sam3.train.checkpoint import (
     checkpoint_path,
@@ -124,6 +126,10 @@ class Trainer:
         visualize: `visualize(model, batch) -> (3, H, W) uint8` image for TensorBoard, or None.
         model_config: the resolved `model` config section, stored in every checkpoint so that tools
             rebuild the model it was trained with (`sam3.model_builder.build_model`).
+        max_bad_samples: `data.max_bad_samples`, training clips that may fail to load (`BadBatch`es
+            from a loader whose dataset reports bad samples) over the whole run before it stops.
+        bad_records: annotation records the training data skipped when it was read; they count
+            against `max_bad_samples` from the start.
     """
 
     def __init__(
@@ -141,6 +147,8 @@ class Trainer:
         weights_loaded: bool = False,
         visualize: Callable[..., torch.Tensor] | None = None,
         model_config: dict[str, Any] | None = None,
+        max_bad_samples: int = 0,
+        bad_records: int = 0,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -154,6 +162,9 @@ class Trainer:
         self.weights_loaded = weights_loaded
         self.visualize = visualize
         self.model_config = model_config
+        self.max_bad_samples = max_bad_samples
+        self.bad_records = bad_records
+        self.bad_samples = bad_records  # records and clips skipped so far, over every rank and resumed runs
         self.rank = get_rank()
         self.world_size = get_world_size()
         self.step = 0
@@ -210,6 +221,8 @@ class Trainer:
         self._freeze()
         self.optimizer = build_optimizer(self.model, self.optim_config)
         resumed_from = self._maybe_resume()
+        if resumed_from is None and self.bad_records:
+            self._write_stats({"step": 0, "data/bad_samples": self.bad_samples, "data/bad_records": self.bad_records})
         ddp_model = self._wrap_ddp()
         autocast_dtype = self._autocast_dtype()
         history: dict[str, Any] = {"metrics": {}}
@@ -225,7 +238,7 @@ class Trainer:
                 history["interrupted"] = True
                 break
             data_start = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(self.config.grad_accum_steps)]
+            micro_batches = [self._next_good_batch(batches) for _ in range(self.config.grad_accum_steps)]
             data_time = time.perf_counter() - data_start
             apply_lr(self.optimizer, lr_factor(self.step, self.schedule))
             step_start = time.perf_counter()
@@ -295,6 +308,53 @@ class Trainer:
             self.position = 0
             sampler.set_epoch(self.epoch)
 
+    def _next_good_batch(self, batches: Iterator) -> Any:
+        """The next micro-batch that loaded on every rank. A clip is bad on the ranks holding its bad
+        frame only, so the ranks vote (one all-reduce per micro-batch, only with max_bad_samples > 0);
+        if any rank's batch is bad, every rank drops its batch and takes the next one, so the ranks run
+        the same steps. The count is global (a clip bad on two ranks counts once) and checkpointed."""
+        while True:
+            batch = next(batches)
+            bad = batch.bad_clips if isinstance(batch, BadBatch) else []
+            if self.max_bad_samples == 0:
+                if bad:
+                    raise bad[0].error()
+                return batch
+            if not any_rank(bool(bad), self.device):
+                return batch
+            reports: dict[Any, list[BadClip]] = {}
+            for rank_bad in all_gather_objects(bad):
+                for clip in rank_bad:
+                    reports.setdefault(clip.clip_id, []).append(clip)
+            for clips in reports.values():
+                self._count_bad_sample(clips)
+
+    def _count_bad_sample(self, clips: list[BadClip]) -> None:
+        """Counts one bad clip (`clips`: its reports, one per rank that found it bad): raises past the limit,
+        else logs it and writes the running count to stats.jsonl."""
+        self.bad_samples += 1
+        first = clips[0]
+        if self.bad_samples > self.max_bad_samples:
+            raise DataError(
+                first.path,
+                first.record,
+                first.field_name,
+                f"{first.problem} (bad sample {self.bad_samples} of the run, more than data.max_bad_samples="
+                f"{self.max_bad_samples} allows: fix or remove the file, or raise the limit)",
+            )
+        errors = "; ".join(str(clip.error()) for clip in clips)
+        logger.warning(
+            "skipping bad sample %d of data.max_bad_samples=%d (clip %s of video %s; every rank drops its "
+            "micro-batch): %s",
+            self.bad_samples,
+            self.max_bad_samples,
+            first.clip_id,
+            first.video_id,
+            errors,
+        )
+        record = {"clip_id": first.clip_id, "video_id": first.video_id, "error": errors}
+        self._write_stats({"step": self.step, "data/bad_samples": self.bad_samples, "bad_sample": record})
+
     def _maybe_resume(self) -> Path | None:
         path = latest_checkpoint(self.run_dir)
         if path is None:
@@ -306,6 +366,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
+        self.bad_samples = int(state.get("bad_samples", 0))
         restore_rng_states(state)
         logger.info("resumed from %s (step %d, epoch %d, position %d)", path, self.step, self.epoch, self.position)
         return path
@@ -317,6 +378,7 @@ class Trainer:
             "epoch": self.epoch,
             "position": self.position,
             "nonfinite_skips": self.nonfinite_skips,
+            "bad_samples": self.bad_samples,
             "world_size": self.world_size,
         }
         if self.model_config is not None:
@@ -377,6 +439,8 @@ class Trainer:
         scalars["train/num_boxes"] = losses.normalization.counts.num_boxes
         scalars["train/num_pairs"] = losses.normalization.counts.num_pairs
         scalars["memory/peak_mb"] = _peak_memory_mb(self.device)
+        if self.max_bad_samples:
+            scalars["data/bad_samples"] = self.bad_samples
         for group in self.optimizer.param_groups:
             scalars[f"lr/{group['name']}"] = group["lr"]
         writer = self._tensorboard()

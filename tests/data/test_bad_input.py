@@ -1,14 +1,18 @@
-"""Bad input raises a `DataError` naming the file, the record and the field; skipping is logged and counted."""
+"""Bad input raises a `DataError` naming the file, the record and the field; skipping is logged and counted.
+Frames and masks are checked when a clip is loaded: the error names the video and frame too."""
 
 from __future__ import annotations
 
 import copy
 import json
+import pickle
 import shutil
 from pathlib import Path
 
 import pytest
+from torchvision.io import decode_image, write_png
 
+from sam3.data.collate import BadBatch, BadClip, collate_clips
 from sam3.data.dataset import build_video_dataset
 from sam3.data.index import DataError
 from sam3.data.inspect import main as inspect_main
@@ -177,3 +181,86 @@ def test_inspect_counts_and_exit_codes(shapes_dir, shapes_json, tmp_path, capsys
     assert inspect_main([str(bad), "--skip-bad-records"]) == 0
     out = capsys.readouterr().out
     assert "skipped_records" in out and "skipped_records 0" not in out
+
+
+def _break_frame(root: Path, case: str) -> Path:
+    """Breaks frame 2 of video 0 of the dataset copy at `root`; returns the frame file the error must name."""
+    path = root / "video_00000" / "00002.jpg"
+    data = path.read_bytes()
+    if case == "truncated_jpeg":
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "jpeg_without_end":
+        path.write_bytes(data[:-2])  # only the end-of-image marker is missing
+    elif case in ("truncated_png", "png_without_iend"):
+        png = path.with_suffix(".png")
+        write_png(decode_image(str(path)), str(png))
+        png_data = png.read_bytes()
+        png.write_bytes(png_data[:-12] if case == "png_without_iend" else png_data[: len(png_data) // 2])
+        annotations = root / "annotations.json"
+        gt = json.loads(annotations.read_text())
+        gt["videos"][0]["file_names"][2] = "video_00000/00002.png"
+        annotations.write_text(json.dumps(gt))
+        return png
+    elif case == "not_an_image":
+        path.write_text("not an image")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "missing":
+        path.unlink()
+    else:
+        raise AssertionError(case)
+    return path
+
+
+FRAME_CASES = {
+    "truncated_jpeg": "corrupt or truncated",
+    "jpeg_without_end": "corrupt or truncated",
+    "truncated_png": "truncated PNG",
+    "png_without_iend": "truncated PNG",
+    "not_an_image": "corrupt or truncated",
+    "empty": "unreadable",
+    "missing": "is missing",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAME_CASES))
+def test_bad_frame_file_names_file_video_and_frame(case, shapes_dir, tmp_path):
+    root = _dataset_copy(shapes_dir, tmp_path)
+    bad = _break_frame(root, case)
+    dataset = build_video_dataset(root / "annotations.json", image_size=32, train=False)
+    with pytest.raises(DataError) as info:
+        dataset[(0, 0)]
+    error = info.value
+    assert error.path == str(root / "annotations.json")
+    assert (error.record, error.field_name) == ("video 0 frame 2", "file_names")
+    assert f"frame file {bad} " in str(error) and FRAME_CASES[case] in str(error)
+    dataset[(0, 1)]  # the other videos still load
+
+
+@pytest.mark.parametrize("counts", ["truncated", "short", "invalid_char"])
+def test_bad_mask_rle_names_file_video_frame_and_annotation(counts, shapes_dir, shapes_json, tmp_path):
+    root = _dataset_copy(shapes_dir, tmp_path)
+    data = copy.deepcopy(shapes_json)
+    ann = next(a for a in data["annotations"] if a["video_id"] == 0)
+    t = _first_visible(ann)
+    rle = ann["segmentations"][t]
+    rle["counts"] = {"truncated": rle["counts"] + "a", "short": "52", "invalid_char": rle["counts"] + "~"}[counts]
+    (root / "annotations.json").write_text(json.dumps(data))
+    dataset = build_video_dataset(root / "annotations.json", image_size=32, train=False)  # loads: checked lazily
+    with pytest.raises(DataError) as info:
+        dataset[(0, 0)]
+    error = info.value
+    assert error.record == f"video 0 frame {t} annotation {ann['id']}"
+    assert error.field_name == f"segmentations[{t}].counts" and "RLE" in str(error)
+
+
+def test_report_mode_returns_a_bad_clip_and_a_bad_batch(shapes_dir, tmp_path):
+    root = _dataset_copy(shapes_dir, tmp_path)
+    bad = _break_frame(root, "truncated_jpeg")
+    dataset = build_video_dataset(root / "annotations.json", image_size=32, train=False, on_bad_sample="report")
+    sample = dataset[(0, 0)]
+    assert isinstance(sample, BadClip) and (sample.clip_id, sample.video_id) == ((0, 0), 0)
+    assert str(bad) in str(sample.error()) and sample.error().record == "video 0 frame 2"
+    batch = collate_clips([dataset[(0, 1)], sample])
+    assert isinstance(batch, BadBatch) and batch.num_clips == 2 and batch.bad_clips == [sample]
+    assert pickle.loads(pickle.dumps(sample)) == sample  # crosses DataLoader workers and all_gather_object
