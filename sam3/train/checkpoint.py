@@ -177,10 +177,13 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     tmp, manifest_tmp = path.with_name(path.name + ".tmp"), manifest.with_name(manifest.name + ".tmp")
     try:
         with open(tmp, "wb") as file:
-            torch.save(payload, file)
+            hashing = _HashingWriter(file)
+            torch.save(payload, hashing)
             file.flush()
             os.fsync(file.fileno())
-        record = {"file": path.name, "size": tmp.stat().st_size, "sha256": _sha256(tmp)}
+        if tmp.stat().st_size != hashing.size:
+            raise OSError(f"{tmp} has {tmp.stat().st_size} bytes after writing {hashing.size}")
+        record = {"file": path.name, "size": hashing.size, "sha256": hashing.digest.hexdigest()}
         manifest.unlink(missing_ok=True)  # an old manifest must never vouch for the new data
         os.replace(tmp, path)
         with open(manifest_tmp, "w", encoding="utf-8") as file:
@@ -195,6 +198,24 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
         if path.exists() and not manifest.exists():
             path.unlink()  # renamed but not vouched for: not a checkpoint of this save
         raise
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (the data is hashed as it is written, not
+    read back)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _prune(run_dir: str | Path, keep_last: int) -> None:
