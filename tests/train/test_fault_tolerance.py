@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from sam3.train.checkpoint import (
     verify_checkpoint,
 )
 from sam3.train.signals import EXIT_CHECKPOINTED, StopOnSignal
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES, tiny_run_config, train_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # with a checkpoint every 2 steps: enough steps after the first checkpoint to inject a fault
@@ -100,6 +101,25 @@ def test_keep_last_counts_only_intact_checkpoints(tmp_path):
     _save(tmp_path, 8, keep_last=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000008.pt"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000008.json", "step_00000008.pt"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_failed_save_stops_the_run_with_the_error(tmp_path, shapes_root, monkeypatch):
+    real_save, calls = torch.save, {"n": 0}
+
+    def disk_full_on_the_second_save(obj, file):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, file)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full_on_the_second_save)
+    cfg = tiny_run_config(tmp_path, shapes_root, "data.val=null", "trainer.max_steps=6", "trainer.checkpoint_every=2")
+    with pytest.raises(CheckpointSaveError, match="step_00000004.pt: OSError"):
+        train_weights(cfg)
+    assert list_checkpoints(tmp_path) == [checkpoint_path(tmp_path, 2)]
+    assert verify_checkpoint(checkpoint_path(tmp_path, 2)) is None
 
 
 class _FakeTrainer:
@@ -276,3 +296,20 @@ def test_sigterm_to_a_single_process_run_exits_with_its_own_status(shapes_root, 
     assert process.returncode == EXIT_CHECKPOINTED, err.decode()
     (saved,) = list_checkpoints(run_dir)
     assert verify_checkpoint(saved) is None and 1 <= load_training_state(saved)["step"] < STEPS * 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(shapes_root, tmp_path):
+    run_dir = tmp_path / "one_rank"
+    run_dir.mkdir()
+    stats = run_dir / "stats.jsonl"
+    process = _torchrun(run_dir, shapes_root)
+    _wait_for(lambda: stats.exists() and len(stats.read_text().splitlines()) >= 3, process, run_dir, "step 3")
+    os.kill(_worker_pid(process.pid, rank=1), signal.SIGTERM)
+    assert _finish(process, run_dir) != 0  # its workers exited 75: a failure to torchrun
+    output = _output(run_dir)
+    stops = dict(re.findall(r"rank(\d) sam3.train WARNING\] stopped on a signal at step (\d+)", output))
+    assert stops.keys() == {"0", "1"} and len(set(stops.values())) == 1, output
+    assert verify_checkpoint(checkpoint_path(run_dir, int(stops["0"]))) is None
+    assert output.count(f"exitcode  : {EXIT_CHECKPOINTED} ") == 2, output
