@@ -65,11 +65,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint of a run that verifies (`verify_checkpoint`); each newer one that does
     not is logged with its path and the reason, and skipped."""
-    for path in reversed(list_checkpoints(run_dir)):
+    checkpoints = list_checkpoints(run_dir)
+    for path in reversed(checkpoints):
         problem = verify_checkpoint(path)
         if problem is None:
             return path
         logger.warning("skipping checkpoint %s: %s", path, problem)
+    if checkpoints:
+        logger.warning("none of the %d checkpoints in %s is intact", len(checkpoints), Path(run_dir) / CHECKPOINT_DIR)
     return None
 
 

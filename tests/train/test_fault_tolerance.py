@@ -62,6 +62,10 @@ def test_truncated_or_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path
     assert f"skipping checkpoint {checkpoint_path(tmp_path, 6)}: " in caplog.text and "truncated" in caplog.text
     assert f"skipping checkpoint {checkpoint_path(tmp_path, 4)}: " in caplog.text and "corrupt" in caplog.text
     assert verify_checkpoint(checkpoint_path(tmp_path, 2)) is None
+    _truncate(checkpoint_path(tmp_path, 2))
+    with caplog.at_level("WARNING", logger="sam3.train.checkpoint"):
+        assert latest_checkpoint(tmp_path) is None
+    assert f"none of the 3 checkpoints in {tmp_path / 'checkpoints'} is intact" in caplog.text
 
 
 def test_checkpoint_without_manifest_is_valid_only_if_it_loads(tmp_path):
