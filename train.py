@@ -6,10 +6,13 @@
     python train.py --config-name roboflow_video_ft ... trainer.mode=eval
     python train.py --config-name roboflow_video_ft ... launcher=slurm launcher.nodes=2   # submits (slurm/README.md)
 
-Global torch flags are set here, once, never at import time.
+Global torch flags are set here, once, never at import time. SIGTERM or SIGUSR1 saves a checkpoint at
+the next step boundary and exits with status 75 (`sam3.train.signals.EXIT_CHECKPOINTED`); the same
+command resumes it.
 """
 
 import logging
+import sys
 from typing import Any
 
 import hydra
@@ -19,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from sam3.train.entry import check_config, run
+from sam3.train.signals import EXIT_CHECKPOINTED, StopOnSignal
 
 
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
@@ -36,8 +40,13 @@ def main(cfg: DictConfig) -> Any:
             cfg.run_dir = HydraConfig.get().runtime.output_dir
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    summary = run(cfg)
-    logging.getLogger("sam3.train").info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
+    with StopOnSignal() as stop:
+        summary = run(cfg, on_trainer=stop.attach)
+    log = logging.getLogger("sam3.train")
+    if summary.get("interrupted"):
+        log.warning("stopped on a signal at step %d (checkpoint saved): exit %d", summary["step"], EXIT_CHECKPOINTED)
+        sys.exit(EXIT_CHECKPOINTED)
+    log.info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The process's place in the distributed world, read from the environment, and the default group.
 
 This module is the only reader of RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / MASTER_ADDR /
-MASTER_PORT (set by torchrun) and of SLURM's task variables (set by `srun` or submitit, one task per
+MASTER_PORT / TORCHELASTIC_RESTART_COUNT (set by torchrun) and of SLURM's task variables (set by `srun` or submitit, one task per
 rank). With neither, the process is alone: world size 1 and no process group, and every caller runs the
 same code path without communication.
 """
@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class DistEnv:
         master_addr: rendezvous host of the default process group (None when alone).
         master_port: rendezvous port (None when alone).
         launcher: what started the process: "torchrun", "slurm" or "single".
+        restart_count: how often torchrun has restarted the world so far (`--max-restarts`).
     """
 
     rank: int = 0
@@ -50,6 +52,7 @@ class DistEnv:
     master_addr: str | None = None
     master_port: int | None = None
     launcher: Launcher = "single"
+    restart_count: int = 0
 
     @property
     def is_distributed(self) -> bool:
@@ -79,6 +82,7 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
                 master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                 master_port=_int(env, "MASTER_PORT", 29500),
                 launcher="torchrun",
+                restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
             )
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
@@ -123,7 +127,9 @@ def init_distributed(
     """Initialises the default process group for `dist_env` (read from the environment if None).
 
     With world size 1 no process group is created. The backend defaults to nccl when CUDA is available
-    and gloo otherwise; on CUDA the process's device is set to its local rank.
+    and gloo otherwise; on CUDA the process's device is set to its local rank. Under torchrun the keys
+    of each restart live under their own prefix of the rendezvous store: torchrun's store outlives a
+    restart, and a rank must never read an address its predecessor published.
     """
     dist_env = read_dist_env() if dist_env is None else dist_env
     if not dist_env.is_distributed:
@@ -134,9 +140,15 @@ def init_distributed(
     backend = backend or ("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(dist_env.local_rank)
+    init_method = f"tcp://{dist_env.master_addr}:{dist_env.master_port}"
+    store = None
+    if dist_env.launcher == "torchrun":
+        base, _, _ = next(rendezvous(init_method, dist_env.rank, dist_env.world_size, timeout=timeout))
+        store = dist.PrefixStore(f"sam3/restart_{dist_env.restart_count}", base)
     dist.init_process_group(
         backend=backend,
-        init_method=f"tcp://{dist_env.master_addr}:{dist_env.master_port}",
+        init_method=None if store is not None else init_method,
+        store=store,
         rank=dist_env.rank,
         world_size=dist_env.world_size,
         timeout=timeout,

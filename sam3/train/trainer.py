@@ -34,7 +34,6 @@ from sam3.data.index import DataError
 from sam3.distributed.collectives import all_gather_objects, any_rank
 from sam3.distributed.env import get_rank, get_world_size
 from sam3.train.checkpoint import (
-    checkpoint_path,
     latest_checkpoint,
     load_training_state,
     restore_rng_states,
@@ -171,6 +170,7 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # clips of the current epoch this frame group has consumed
         self.nonfinite_skips = 0
+        self._saved_step: int | None = None  # step of the checkpoint this run wrote or resumed from
         self._checkpoint_requested = threading.Event()
         self._writer = None
         self._stats_file = None
@@ -195,7 +195,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ eval mode
     def _run_eval(self) -> dict[str, Any]:
-        resume = latest_checkpoint(self.run_dir)
+        resume = self._newest_valid_checkpoint()
         if resume is not None:
             state = load_training_state(resume)
             self.model.load_state_dict(state["model"])
@@ -233,7 +233,8 @@ class Trainer:
         start_step = self.step
         while self.step < self.config.max_steps:
             if any_rank(self._checkpoint_requested.is_set(), self.device):
-                self._save()
+                if not self._saved_at_this_step():
+                    self._save()
                 logger.warning("checkpoint requested: saved step %d and stopping", self.step)
                 history["interrupted"] = True
                 break
@@ -261,7 +262,7 @@ class Trainer:
             if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.max_steps:
                 history["metrics"][self.step] = self._validate()
         if not history.get("interrupted"):
-            if latest_checkpoint(self.run_dir) != checkpoint_path(self.run_dir, self.step):
+            if not self._saved_at_this_step():
                 self._save()
             if self.evaluate_fn is not None:
                 history["metrics"][self.step] = self._validate()
@@ -355,8 +356,16 @@ class Trainer:
         record = {"clip_id": first.clip_id, "video_id": first.video_id, "error": errors}
         self._write_stats({"step": self.step, "data/bad_samples": self.bad_samples, "bad_sample": record})
 
+    def _newest_valid_checkpoint(self) -> Path | None:
+        """The run's newest checkpoint that verifies, chosen by rank 0 so that every rank loads the same."""
+        chosen = latest_checkpoint(self.run_dir) if self.rank == 0 else None
+        return all_gather_objects(chosen)[0]
+
+    def _saved_at_this_step(self) -> bool:
+        return self._saved_step == self.step
+
     def _maybe_resume(self) -> Path | None:
-        path = latest_checkpoint(self.run_dir)
+        path = self._newest_valid_checkpoint()
         if path is None:
             return None
         state = load_training_state(path)
@@ -368,6 +377,7 @@ class Trainer:
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
         self.bad_samples = int(state.get("bad_samples", 0))
         restore_rng_states(state)
+        self._saved_step = self.step
         logger.info("resumed from %s (step %d, epoch %d, position %d)", path, self.step, self.epoch, self.position)
         return path
 
@@ -384,6 +394,7 @@ class Trainer:
         if self.model_config is not None:
             state[MODEL_CONFIG_KEY] = self.model_config
         save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+        self._saved_step = self.step
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]

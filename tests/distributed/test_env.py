@@ -35,6 +35,11 @@ def test_torchrun_variables():
     assert env.is_distributed and not env.is_main
 
 
+def test_torchrun_restart_count_is_read():
+    env = read_dist_env({"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "2"})
+    assert env.restart_count == 2 and read_dist_env({"RANK": "0", "WORLD_SIZE": "2"}).restart_count == 0
+
+
 def test_torchrun_wins_over_slurm_inside_an_sbatch_script():
     env = read_dist_env({"RANK": "1", "WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
     assert env.launcher == "torchrun" and env.rank == 1 and env.world_size == 4
