@@ -19,6 +19,9 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from sam3.distributed import timeouts
+from sam3.distributed.timeouts import DEFAULT_TIMEOUT_S
+
 logger = logging.getLogger(__name__)
 
 Launcher = Literal["torchrun", "slurm", "single"]
@@ -118,14 +121,17 @@ def first_slurm_host(nodelist: str) -> str:
 def init_distributed(
     dist_env: DistEnv | None = None,
     backend: str | None = None,
-    timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> DistEnv:
     """Initialises the default process group for `dist_env` (read from the environment if None).
 
     With world size 1 no process group is created. The backend defaults to nccl when CUDA is available
-    and gloo otherwise; on CUDA the process's device is set to its local rank.
+    and gloo otherwise; on CUDA the process's device is set to its local rank. Every collective of the
+    group (and of sub-groups created later) waits at most `timeout_s` (`distributed.timeout_s`); the
+    collective watchdog of `sam3.distributed.timeouts` starts here (see there for the exit bound).
     """
     dist_env = read_dist_env() if dist_env is None else dist_env
+    timeouts.configure(timeout_s, start_watchdog=dist_env.is_distributed)
     if not dist_env.is_distributed:
         return dist_env
     if dist.is_initialized():
@@ -139,16 +145,17 @@ def init_distributed(
         init_method=f"tcp://{dist_env.master_addr}:{dist_env.master_port}",
         rank=dist_env.rank,
         world_size=dist_env.world_size,
-        timeout=timeout,
+        timeout=datetime.timedelta(seconds=timeout_s),
         device_id=torch.device("cuda", dist_env.local_rank) if backend == "nccl" else None,
     )
     logger.info(
-        "initialised %s process group: rank %d of %d (local %d, launcher %s)",
+        "initialised %s process group: rank %d of %d (local %d, launcher %s), collective timeout %g s",
         backend,
         dist_env.rank,
         dist_env.world_size,
         dist_env.local_rank,
         dist_env.launcher,
+        timeout_s,
     )
     return dist_env
 
@@ -172,8 +179,8 @@ def get_world_size() -> int:
 def new_subgroups(groups_of_ranks: Sequence[Sequence[int]]) -> dist.ProcessGroup | None:
     """Creates one process group per list of ranks and returns the one this rank belongs to.
 
-    Every rank must call this with the same lists (group creation is collective). Without a process
-    group (world size 1) returns None, which collectives treat as "alone".
+    Every rank must call this with the same lists (group creation is collective); the groups share the
+    world's collective timeout. Without a process group (world size 1) returns None, which collectives treat as "alone".
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None
@@ -183,7 +190,10 @@ def new_subgroups(groups_of_ranks: Sequence[Sequence[int]]) -> dist.ProcessGroup
             f"sub-groups {list(map(list, groups_of_ranks))} must cover every rank of the world "
             f"(0..{dist.get_world_size() - 1}) exactly once"
         )
-    mine, _ = dist.new_subgroups_by_enumeration([list(ranks) for ranks in groups_of_ranks])
+    # new groups default to torch's own timeout, not the world's: pass `distributed.timeout_s` on
+    mine, _ = dist.new_subgroups_by_enumeration(
+        [list(ranks) for ranks in groups_of_ranks], timeout=datetime.timedelta(seconds=timeouts.timeout_s())
+    )
     return mine
 
 

@@ -52,7 +52,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
 
     Returns the path on rank 0 and None elsewhere. Keeps the newest `keep_last` checkpoints (0 keeps all).
     """
-    rng_states = all_gather_objects(_rng_state())
+    rng_states = all_gather_objects(_rng_state(), op="all-gather of RNG states")
     path = checkpoint_path(run_dir, step)
     if get_rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
         if keep_last > 0:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 old.unlink()
-    barrier()
+    barrier(op="barrier after the write")
     return path if get_rank() == 0 else None
 
 

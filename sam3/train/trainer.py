@@ -4,7 +4,10 @@ The trainer wraps the video model in DDP over the whole world; the frame-group s
 data (each rank holds its own frames) and in the loss normalisation of `sam3.train.step`, which it
 reuses. Gradient accumulation counts N over all micro-batches of a step, so k micro-batches of b clips
 equal one step on k*b clips. Checkpoints hold every piece of state, so a run killed at any point
-resumes from its last checkpoint to the same weights as an uninterrupted run. The LR of step s is each
+resumes from its last checkpoint to the same weights as an uninterrupted run. Every phase that
+communicates runs as a named `sam3.distributed.timeouts.operation` with the current step, so a rank
+that stops responding makes the others fail with the phase and step named (`distributed.timeout_s`,
+exit bound in `sam3.distributed.timeouts`). The LR of step s is each
 group's `initial_lr` (from `sam3.train.optim.param_groups`) times `lr_factor(s, schedule)`, a pure function
 of s, so there is no scheduler state to save.
 """
@@ -31,6 +34,7 @@ from torch.utils.data import DataLoader
 from sam3.checkpoint import MODEL_CONFIG_KEY
 from sam3.distributed.collectives import any_rank
 from sam3.distributed.env import get_rank, get_world_size
+from sam3.distributed.timeouts import operation, set_step
 from sam3.train.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -219,7 +223,8 @@ class Trainer:
         start_time = time.perf_counter()
         start_step = self.step
         while self.step < self.config.max_steps:
-            if any_rank(self._checkpoint_requested.is_set(), self.device):
+            set_step(self.step)
+            if any_rank(self._checkpoint_requested.is_set(), self.device, op="vote: checkpoint requested"):
                 self._save()
                 logger.warning("checkpoint requested: saved step %d and stopping", self.step)
                 history["interrupted"] = True
@@ -229,8 +234,11 @@ class Trainer:
             data_time = time.perf_counter() - data_start
             apply_lr(self.optimizer, lr_factor(self.step, self.schedule))
             step_start = time.perf_counter()
-            losses = forward_backward(ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype)
-            if not any_rank(not bool(torch.isfinite(losses.loss)), self.device):
+            with operation("forward/backward (frame gathers, DDP all-reduce of gradients)", watched=False):
+                losses = forward_backward(
+                    ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype
+                )
+            if not any_rank(not bool(torch.isfinite(losses.loss)), self.device, op="vote: non-finite loss"):
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
             else:
@@ -247,6 +255,7 @@ class Trainer:
                 self._save()
             if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.max_steps:
                 history["metrics"][self.step] = self._validate()
+        set_step(self.step)  # the final checkpoint and validation
         if not history.get("interrupted"):
             if latest_checkpoint(self.run_dir) != checkpoint_path(self.run_dir, self.step):
                 self._save()
@@ -274,9 +283,10 @@ class Trainer:
         if self.world_size == 1:
             return self.model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
-        )
+        with operation("DDP set-up (broadcast of the initial weights)"):
+            return DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+            )
 
     def _autocast_dtype(self) -> torch.dtype | None:
         if self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda"):
@@ -321,7 +331,8 @@ class Trainer:
         }
         if self.model_config is not None:
             state[MODEL_CONFIG_KEY] = self.model_config
-        save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+        with operation("checkpoint", watched=False):  # rank 0 writes while the others wait in its barrier
+            save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -346,7 +357,8 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         was_training = self.model.training
-        metrics = self.evaluate_fn(self.model, self.step)
+        with operation("validation", watched=False):
+            metrics = self.evaluate_fn(self.model, self.step)
         self.model.train(was_training)
         self._log_metrics(metrics, prefix="val")
         return metrics
