@@ -6,10 +6,13 @@
     python train.py --config-name roboflow_video_ft ... trainer.mode=eval
     python train.py --config-name roboflow_video_ft ... launcher=slurm launcher.nodes=2   # submits (slurm/README.md)
 
-Global torch flags are set here, once, never at import time.
+Global torch flags are set here, once, never at import time. A distributed run that fails exits at
+once with status 1 after logging the traceback (no interpreter clean-up, which could wait on peers
+that will never answer), so torchrun stops the other ranks (`sam3.distributed.timeouts`).
 """
 
 import logging
+import os
 from typing import Any
 
 import hydra
@@ -18,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from sam3.distributed.collectives import is_distributed
 from sam3.train.entry import check_config, run
 
 
@@ -36,7 +40,15 @@ def main(cfg: DictConfig) -> Any:
             cfg.run_dir = HydraConfig.get().runtime.output_dir
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except Exception:
+        if not is_distributed():
+            raise  # one process: Hydra prints the error as usual
+        logging.getLogger("sam3.train").exception("this rank failed; exiting with status 1 without clean-up")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
     logging.getLogger("sam3.train").info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
 
 
