@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+import torch
 
 from sam3.distributed import timeouts
+from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.distributed.timeouts import CollectiveError, exit_bound_s, grace_s, operation, set_step
 from sam3.train.entry import DistributedConfig
 from sam3.train.sections import build_section
@@ -88,3 +91,30 @@ def test_the_distributed_section_defaults_and_checks():
         build_section(DistributedConfig, {"timeout_s": 0}, "distributed")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['timeout'\]"):
         build_section(DistributedConfig, {"timeout": 4}, "distributed")
+
+
+def _late_frame_gather(late_rank: int, late_s: float) -> str:
+    """Rank `late_rank` joins a frame gather `late_s` seconds late; the other reads the frame."""
+    from sam3.distributed.env import get_rank
+    from sam3.distributed.frame_shard import build_frame_group
+
+    group = build_frame_group()
+    set_step(5)
+    if get_rank() == late_rank:
+        time.sleep(late_s)
+    buffer = group.new_buffer()
+    group.gather_into(buffer, [0, 1], {"x": torch.ones(3)})
+    try:
+        buffer.get(1 - get_rank())
+    except CollectiveError as error:
+        return str(error)
+    return "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_late_peer_makes_the_async_frame_gather_fail_naming_it():
+    results = run_on_local_ranks(_late_frame_gather, 2, 1, 6.0, timeout_s=90, collective_timeout_s=2.0)
+    assert re.match(
+        r"rank 0: frame gather: wait at step 5 failed after [0-9.]+ s \(distributed.timeout_s=2\)", results[0]
+    )
