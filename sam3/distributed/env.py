@@ -180,7 +180,8 @@ def new_subgroups(groups_of_ranks: Sequence[Sequence[int]]) -> dist.ProcessGroup
     """Creates one process group per list of ranks and returns the one this rank belongs to.
 
     Every rank must call this with the same lists (group creation is collective); the groups share the
-    world's collective timeout. Without a process group (world size 1) returns None, which collectives treat as "alone".
+    world's collective timeout. Without a process group (world size 1) returns None, which collectives
+    treat as "alone".
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None

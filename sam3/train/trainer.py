@@ -203,7 +203,9 @@ class Trainer:
             )
         if self.evaluate_fn is None:
             raise ValueError("trainer.mode=eval needs validation data (data.val) to evaluate on")
-        metrics = self.evaluate_fn(self.model, self.step)
+        set_step(self.step)
+        with operation("evaluation", watched=False):
+            metrics = self.evaluate_fn(self.model, self.step)
         self._log_metrics(metrics, prefix="val")
         return {"mode": "eval", "metrics": metrics, "step": self.step}
 
