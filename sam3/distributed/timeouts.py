@@ -55,6 +55,7 @@ DEFAULT_TIMEOUT_S = 600.0
 EXIT_CODE_HUNG = 3  # the watchdog's exit status: a watched collective outlived timeout + grace
 TORCHRUN_KILL_GRACE_S = 30.0  # torchrun's SIGTERM -> SIGKILL wait when it stops the other workers
 _POLL_S = 0.5
+_NAMED = "_sam3_operation_logged"  # set on an exception once an operation has logged it
 
 
 def grace_s(timeout_s: float) -> float:
@@ -131,7 +132,8 @@ def operation(name: str, *, watched: bool = True) -> Iterator[None]:
 
     Raises:
         CollectiveError: from a backend error inside the block (a timeout or a lost peer), naming
-            this operation and the step.
+            this operation and the step. Any other exception is logged once with the operation and
+            the step, and re-raised unchanged.
     """
     with _state.lock:
         outer = _state.stack[-1].name + " > " if _state.stack else ""
@@ -141,15 +143,21 @@ def operation(name: str, *, watched: bool = True) -> Iterator[None]:
         yield
     except CollectiveError:
         raise  # already named by an inner operation
-    except RuntimeError as error:  # gloo / NCCL / DistBackendError (a RuntimeError subclass)
-        if not _is_backend_error(error):
-            raise
+    except Exception as error:
+        if getattr(error, _NAMED, False):
+            raise  # logged by an inner operation
         waited = time.monotonic() - entry.started
+        failed = f"rank {_rank()}: {_describe(entry)} failed after {waited:.1f} s"
+        if not (isinstance(error, RuntimeError) and _is_backend_error(error)):
+            # most likely not communication (a bug, bad data): logged with where it happened, unchanged
+            logger.error("%s: %s: %s", failed, type(error).__name__, _first_line(error))
+            _flush_logs()
+            setattr(error, _NAMED, True)
+            raise
         message = (
-            f"rank {_rank()}: {_describe(entry)} failed after {waited:.1f} s (distributed.timeout_s="
-            f"{_state.timeout_s:g}): another rank stopped responding or exited; see its log. If a rank "
-            f"legitimately works alone this long (checkpoint writes, validation), raise distributed.timeout_s. "
-            f"Backend error: {_first_line(error)}"
+            f"{failed} (distributed.timeout_s={_state.timeout_s:g}): another rank stopped responding or "
+            "exited; see its log. If a rank legitimately works alone this long (checkpoint writes, "
+            f"validation), raise distributed.timeout_s. Backend error: {_first_line(error)}"
         )
         logger.error(message)
         _flush_logs()
@@ -173,7 +181,10 @@ def _is_backend_error(error: RuntimeError) -> bool:
     except ImportError:  # pragma: no cover - older torch
         pass
     text = str(error).lower()
-    return any(word in text for word in ("gloo", "nccl", "timed out", "closed by peer", "connection reset"))
+    # gloo raises plain RuntimeErrors, e.g. "Timed out waiting 4000ms for recv operation to complete",
+    # "Connection closed by peer", "Application timeout caused pair closure" (in DDP's backward)
+    markers = ("gloo", "nccl", "timed out", "timeout", "closed by peer", "connection reset", "pair closure")
+    return any(marker in text for marker in markers)
 
 
 def _first_line(error: BaseException) -> str:

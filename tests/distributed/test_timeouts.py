@@ -36,14 +36,27 @@ def test_a_backend_error_names_the_operations_and_the_step():
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_other_errors_pass_through_unchanged():
+def test_gloo_s_pair_closure_in_ddp_backward_counts_as_a_backend_error():
+    set_step(3)
+    with pytest.raises(CollectiveError, match=r"forward/backward at step 3 failed after .* pair closure"):
+        with operation("forward/backward", watched=False):
+            raise RuntimeError("Application timeout caused pair closure")
+
+
+def test_other_errors_pass_through_unchanged_and_are_logged_once_with_the_step(caplog):
+    set_step(4)
     with pytest.raises(ValueError, match="bad shape"):
         with operation("frame gather"):
             raise ValueError("bad shape")
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):
         with operation("forward/backward", watched=False):
-            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+            with operation("all-reduce of the loss counts"):
+                raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     assert timeouts.current_operation() is None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors
+    assert "frame gather at step 4 failed after" in errors[0] and "ValueError: bad shape" in errors[0]
+    assert "forward/backward > all-reduce of the loss counts at step 4" in errors[1]
 
 
 def test_current_operation_tracks_the_innermost_with_its_step():
