@@ -28,9 +28,9 @@ failure, `train.py` logs the traceback and calls `os._exit(1)`); the watchdog fi
 survivor exits 4.0-4.1 s after its peer is stopped (`tests/distributed/test_hang.py`). Under torchrun the job ends when the
 agent has reaped the stopped rank as well: it sends SIGTERM, which a stopped process never handles,
 and SIGKILLs it 30 s later (torchrun's fixed shutdown grace), so the whole job exits within
-`timeout_s + grace_s + 30 s` (measured: 35.6 s at `timeout_s=4`). A rank that raises exits non-zero
+`timeout_s + grace_s + 30 s` (measured: 35.4-35.9 s at `timeout_s=4`). A rank that raises exits non-zero
 at once (no barrier on the error path); its peers notice the closed connection at once (gloo) or time
-out, and torchrun stops them (measured: the job ends 1.5 s after the exception).
+out, and torchrun stops them (measured: the job ends 0.6-1.5 s after the exception).
 
 Default timeout: 600 s, PyTorch's NCCL default. It must exceed the longest time one rank may work
 while the others wait in a collective: rank 0 writing a checkpoint (peers wait in the barrier), rank
