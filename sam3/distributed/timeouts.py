@@ -9,10 +9,11 @@ Three pieces:
   tears the process down. A peer that *died* is usually noticed at once (gloo: "connection closed by
   peer"); a peer that *stopped* (SIGSTOP, a deadlock, a wedged device) only through the timeout.
 - `operation(name)`: the trainer names what every rank is doing ("all-reduce of the loss counts",
-  "forward/backward (frame gathers, DDP all-reduce of gradients)", "checkpoint: barrier after the write",
-  ...), and `set_step` says at which step. A backend error raised inside becomes a `CollectiveError`
-  whose message names the operation, the step, the time waited and the timeout, and is logged as an
-  error line at once (before any clean-up that might itself block).
+  "forward/backward (frame gathers, DDP all-reduce of gradients)", "checkpoint > barrier after the
+  write", ...), and `set_step` says at which step. A backend error raised inside becomes a
+  `CollectiveError` whose message names the operation, the step, the time waited and the timeout, and
+  is logged as an error line at once (before any clean-up that might itself block); any other error
+  is logged with the operation and step and re-raised unchanged.
 - A watchdog thread: a *watched* operation (a pure collective, no compute of its own) still open
   `timeout_s + grace_s(timeout_s) / 2` after it started logs the same line and ends the process with
   `os._exit(EXIT_CODE_HUNG)`. It is the backstop for any path where the backend does not honour the
@@ -25,12 +26,13 @@ timeout): 60 s at the default of 600 s, 5 s at a test's 4 s). The backend raises
 error path takes a fraction of a second (`sam3.train.entry.run` runs no clean-up collective after a
 failure, `train.py` logs the traceback and calls `os._exit(1)`); the watchdog fires at
 `timeout_s + grace_s / 2` if the backend does not. Measured with gloo and `timeout_s=4`: the
-survivor exits 4.0-4.1 s after its peer is stopped (`tests/distributed/test_hang.py`). Under torchrun the job ends when the
-agent has reaped the stopped rank as well: it sends SIGTERM, which a stopped process never handles,
-and SIGKILLs it 30 s later (torchrun's fixed shutdown grace), so the whole job exits within
-`timeout_s + grace_s + 30 s` (measured: 35.4-35.9 s at `timeout_s=4`). A rank that raises exits non-zero
-at once (no barrier on the error path); its peers notice the closed connection at once (gloo) or time
-out, and torchrun stops them (measured: the job ends 0.6-1.5 s after the exception).
+survivor exits 4.0-4.1 s after its peer is stopped (`tests/distributed/test_hang.py`). Under torchrun
+the job ends when the agent has reaped the stopped rank as well: it sends SIGTERM, which a stopped
+process never handles, and SIGKILLs it 30 s later (torchrun's fixed shutdown grace), so the whole job
+exits within `timeout_s + grace_s + 30 s` (measured: 35.4-35.9 s at `timeout_s=4`). A rank that
+raises exits non-zero at once (no barrier on the error path); its peers notice the closed connection
+at once (gloo) or time out, and torchrun stops them (measured: the job ends 0.6-1.5 s after the
+exception).
 
 Default timeout: 600 s, PyTorch's NCCL default. It must exceed the longest time one rank may work
 while the others wait in a collective: rank 0 writing a checkpoint (peers wait in the barrier), rank
