@@ -8,10 +8,13 @@
 
 Global torch flags are set here, once, never at import time. SIGTERM or SIGUSR1 saves a checkpoint at
 the next step boundary and exits with status 75 (`sam3.train.signals.EXIT_CHECKPOINTED`); the same
-command resumes it.
+command resumes it. A distributed run that fails exits at once with status 1 after logging the
+traceback (no interpreter clean-up, which could wait on peers that will never answer), so torchrun
+stops the other ranks (`sam3.distributed.timeouts`).
 """
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -21,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from sam3.distributed.collectives import is_distributed
 from sam3.train.entry import check_config, run
 from sam3.train.signals import EXIT_CHECKPOINTED, StopOnSignal
 
@@ -40,9 +44,17 @@ def main(cfg: DictConfig) -> Any:
             cfg.run_dir = HydraConfig.get().runtime.output_dir
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    with StopOnSignal() as stop:
-        summary = run(cfg, on_trainer=stop.attach)
     log = logging.getLogger("sam3.train")
+    try:
+        with StopOnSignal() as stop:
+            summary = run(cfg, on_trainer=stop.attach)
+    except Exception:
+        if not is_distributed():
+            raise  # one process: Hydra prints the error as usual
+        log.exception("this rank failed; exiting with status 1 without clean-up")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
     if summary.get("interrupted"):
         log.warning("stopped on a signal at step %d (checkpoint saved): exit %d", summary["step"], EXIT_CHECKPOINTED)
         sys.exit(EXIT_CHECKPOINTED)

@@ -20,6 +20,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
+from sam3.distributed import timeouts
+from sam3.distributed.timeouts import DEFAULT_TIMEOUT_S
+
 logger = logging.getLogger(__name__)
 
 Launcher = Literal["torchrun", "slurm", "single"]
@@ -122,16 +125,19 @@ def first_slurm_host(nodelist: str) -> str:
 def init_distributed(
     dist_env: DistEnv | None = None,
     backend: str | None = None,
-    timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> DistEnv:
     """Initialises the default process group for `dist_env` (read from the environment if None).
 
     With world size 1 no process group is created. The backend defaults to nccl when CUDA is available
     and gloo otherwise; on CUDA the process's device is set to its local rank. Under torchrun the keys
     of each restart live under their own prefix of the rendezvous store: torchrun's store outlives a
-    restart, and a rank must never read an address its predecessor published.
+    restart, and a rank must never read an address its predecessor published. Every collective of the
+    group (and of sub-groups created later) waits at most `timeout_s` (`distributed.timeout_s`); the
+    collective watchdog of `sam3.distributed.timeouts` starts here (see there for the exit bound).
     """
     dist_env = read_dist_env() if dist_env is None else dist_env
+    timeouts.configure(timeout_s, start_watchdog=dist_env.is_distributed)
     if not dist_env.is_distributed:
         return dist_env
     if dist.is_initialized():
@@ -141,6 +147,7 @@ def init_distributed(
     if use_cuda:
         torch.cuda.set_device(dist_env.local_rank)
     init_method = f"tcp://{dist_env.master_addr}:{dist_env.master_port}"
+    timeout = datetime.timedelta(seconds=timeout_s)
     store = None
     if dist_env.launcher == "torchrun":
         base, _, _ = next(rendezvous(init_method, dist_env.rank, dist_env.world_size, timeout=timeout))
@@ -155,12 +162,13 @@ def init_distributed(
         device_id=torch.device("cuda", dist_env.local_rank) if backend == "nccl" else None,
     )
     logger.info(
-        "initialised %s process group: rank %d of %d (local %d, launcher %s)",
+        "initialised %s process group: rank %d of %d (local %d, launcher %s), collective timeout %g s",
         backend,
         dist_env.rank,
         dist_env.world_size,
         dist_env.local_rank,
         dist_env.launcher,
+        timeout_s,
     )
     return dist_env
 
@@ -184,8 +192,9 @@ def get_world_size() -> int:
 def new_subgroups(groups_of_ranks: Sequence[Sequence[int]]) -> dist.ProcessGroup | None:
     """Creates one process group per list of ranks and returns the one this rank belongs to.
 
-    Every rank must call this with the same lists (group creation is collective). Without a process
-    group (world size 1) returns None, which collectives treat as "alone".
+    Every rank must call this with the same lists (group creation is collective); the groups share the
+    world's collective timeout. Without a process group (world size 1) returns None, which collectives
+    treat as "alone".
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None
@@ -195,7 +204,10 @@ def new_subgroups(groups_of_ranks: Sequence[Sequence[int]]) -> dist.ProcessGroup
             f"sub-groups {list(map(list, groups_of_ranks))} must cover every rank of the world "
             f"(0..{dist.get_world_size() - 1}) exactly once"
         )
-    mine, _ = dist.new_subgroups_by_enumeration([list(ranks) for ranks in groups_of_ranks])
+    # new groups default to torch's own timeout, not the world's: pass `distributed.timeout_s` on
+    mine, _ = dist.new_subgroups_by_enumeration(
+        [list(ranks) for ranks in groups_of_ranks], timeout=datetime.timedelta(seconds=timeouts.timeout_s())
+    )
     return mine
 
 

@@ -12,6 +12,7 @@ Per-frame tensors of mixed dtypes travel as their raw bytes packed into one uint
 
 from __future__ import annotations
 
+import datetime
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
@@ -22,6 +23,7 @@ import torch.distributed as dist
 
 from sam3.distributed.env import get_rank, get_world_size, new_subgroups
 from sam3.distributed.frame_layout import FrameGroupLayout, frames_of_rank, owner_of_frame
+from sam3.distributed.timeouts import operation, timeout_s
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +139,10 @@ class ProcessFrameGroup(FrameGroup):
         layout = PackedLayout.of(tensors)
         packed = layout.pack(tensors)  # (bytes,) uint8, contiguous
         received = [torch.empty_like(packed) for _ in range(self.group_size)]
-        handle = dist.all_gather(received, packed, group=self.group, async_op=True)
+        with operation("frame gather"):
+            handle = dist.all_gather(received, packed, group=self.group, async_op=True)
         if wait:
-            handle.wait()
+            _Pending(handle).wait()
             handle = None
         buffer.put_chunk(chunk_keys, received, handle, layout)
 
@@ -275,8 +278,10 @@ class _Pending:
         self._handle = handle
 
     def wait(self) -> None:
+        """Waits at most `distributed.timeout_s`; a late peer raises `CollectiveError`."""
         if self._handle is not None:
-            self._handle.wait()
+            with operation("frame gather: wait"):
+                self._handle.wait(timeout=datetime.timedelta(seconds=timeout_s()))
             self._handle = None
 
 
@@ -288,11 +293,13 @@ class _AllGatherWithGrad(torch.autograd.Function):
         ctx.group = group
         ctx.group_rank = dist.get_rank(group)
         received = [torch.empty_like(tensor) for _ in range(group_size)]
-        dist.all_gather(received, tensor, group=group)
+        with operation("all-gather with gradient"):
+            dist.all_gather(received, tensor, group=group)
         return tuple(received)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         stacked = torch.stack([g.contiguous() for g in grads])
-        dist.all_reduce(stacked, group=ctx.group)
+        with operation("all-gather with gradient: backward all-reduce"):
+            dist.all_reduce(stacked, group=ctx.group)
         return None, None, stacked[ctx.group_rank]

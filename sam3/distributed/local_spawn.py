@@ -19,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sam3.distributed import env as dist_env
+from sam3.distributed.timeouts import DEFAULT_TIMEOUT_S
 
 
 def free_port() -> int:
@@ -29,17 +30,27 @@ def free_port() -> int:
 
 
 def run_on_local_ranks(
-    fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 600.0, threads_per_rank: int = 1
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    timeout_s: float = 600.0,
+    threads_per_rank: int = 1,
+    collective_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Any]:
     """Runs `fn(*args)` on `world_size` gloo ranks and returns each rank's picklable result, by rank.
 
-    Raises RuntimeError with the failing rank's traceback if any rank fails or does not finish in time.
+    `timeout_s` bounds the whole run; `collective_timeout_s` is the process group's timeout
+    (`distributed.timeout_s` of a real run). Raises RuntimeError with the failing rank's traceback if
+    any rank fails or does not finish in time.
     """
     context = mp.get_context("spawn")
     results = context.Queue()
     port = free_port()
     processes = [
-        context.Process(target=_rank_main, args=(rank, world_size, port, threads_per_rank, fn, args, results))
+        context.Process(
+            target=_rank_main,
+            args=(rank, world_size, port, threads_per_rank, collective_timeout_s, fn, args, results),
+        )
         for rank in range(world_size)
     ]
     for process in processes:
@@ -73,7 +84,7 @@ def run_on_local_ranks(
     return [outcomes[rank][1] for rank in range(world_size)]
 
 
-def _rank_main(rank, world_size, port, threads, fn, args, results) -> None:
+def _rank_main(rank, world_size, port, threads, collective_timeout_s, fn, args, results) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -86,7 +97,7 @@ def _rank_main(rank, world_size, port, threads, fn, args, results) -> None:
     )
     torch.set_num_threads(threads)
     try:
-        dist_env.init_distributed(backend="gloo")
+        dist_env.init_distributed(backend="gloo", timeout_s=collective_timeout_s)
         # pickled by value here: tensors shared by file descriptor would vanish when this rank exits
         results.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException:  # report every failure, including KeyboardInterrupt, to the parent

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import get_world_size
+from sam3.distributed.timeouts import operation
 from sam3.loss.normalization import LossCounts, LossNormalization
 from sam3.structures import ClipBatch
 
@@ -38,5 +39,7 @@ def loss_normalization(micro_batches: Sequence[ClipBatch], device: torch.device 
     """
     counts = local_counts(micro_batches).as_tensor(device)
     if is_distributed():
-        dist.all_reduce(counts)
+        with operation("all-reduce of the loss counts"):
+            dist.all_reduce(counts)
+            counts = counts.cpu()  # on CUDA the wait happens here
     return LossNormalization(LossCounts.from_tensor(counts.cpu()), scale=float(get_world_size()))

@@ -123,7 +123,7 @@ def evaluate(
             records += _video_records(runner, dataset, video_idx, device, select, config, linking)
     model.train(was_training)
 
-    shards = gather_objects_to_rank0(records if group.group_rank == 0 else [])
+    shards = gather_objects_to_rank0(records if group.group_rank == 0 else [], op="gather of predictions")
     if get_rank() != 0:
         return {}
     predictions = merge_prediction_shards(shards)

@@ -112,7 +112,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
     Returns the path on rank 0 and None elsewhere. Keeps the newest `keep_last` intact checkpoints
     (0 keeps all). Raises `CheckpointSaveError` on every rank if rank 0 could not write it.
     """
-    rng_states = all_gather_objects(_rng_state())
+    rng_states = all_gather_objects(_rng_state(), op="all-gather of RNG states")
     path = checkpoint_path(run_dir, step)
     error = None
     if get_rank() == 0:
@@ -124,7 +124,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
             logger.info("saved checkpoint %s", path)
             if keep_last > 0:
                 _prune(run_dir, keep_last)
-    errors = all_gather_objects(error)
+    errors = all_gather_objects(error, op="gather of the save result after the write")
     if errors[0] is not None:
         raise CheckpointSaveError(errors[0] + "; the checkpoints saved before it are untouched")
     return path if get_rank() == 0 else None

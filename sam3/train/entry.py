@@ -27,6 +27,7 @@ from sam3.data.sampler import FrameGroupSampler
 from sam3.distributed.collectives import is_distributed
 from sam3.distributed.env import init_distributed, read_dist_env, setup_logging, teardown_distributed
 from sam3.distributed.frame_shard import FrameGroup, build_frame_group
+from sam3.distributed.timeouts import DEFAULT_TIMEOUT_S, exit_bound_s
 from sam3.eval.evaluate import EVAL_MODES, EvalConfig, evaluate
 from sam3.eval.linking import LinkingConfig
 from sam3.eval.track_mode import TrackConfig
@@ -59,6 +60,27 @@ TOP_LEVEL_KEYS = (
     "runtime",
     "eval",
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    """The `distributed:` section: how the ranks split the work and how long they wait for each other.
+
+    Attributes:
+        frame_group_size: F ranks share a clip's frames (F divides the world size); None = all ranks.
+        timeout_s: the longest any collective waits for the other ranks; a rank that stops responding
+            makes the others exit non-zero within `sam3.distributed.timeouts.exit_bound_s(timeout_s)`
+            (timeout + max(5 s, 10 %)), naming the operation and the step. It must exceed the longest
+            time one rank works while the others wait (rank 0 writing a checkpoint or computing
+            validation metrics); see `sam3.distributed.timeouts` for the default.
+    """
+
+    frame_group_size: int | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
+            raise ValueError(f"distributed.timeout_s={self.timeout_s!r}: expected a positive number of seconds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,8 +148,10 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
     launcher uses it to route preemption signals to `Trainer.request_checkpoint`).
     """
     check_config(cfg)
+    distributed = _section(cfg, "distributed", DistributedConfig)
     owns_group = not is_distributed()  # a caller (e.g. a test spawner) may have set it up already
-    dist_env = init_distributed() if owns_group else read_dist_env()
+    dist_env = init_distributed(timeout_s=distributed.timeout_s) if owns_group else read_dist_env()
+    failed = False
     try:
         setup_logging(dist_env.rank)
         run_dir = Path(cfg.run_dir)
@@ -138,9 +162,20 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
         trainer = build_trainer(cfg, device)
         if on_trainer is not None:
             on_trainer(trainer)
+        if dist_env.is_distributed:
+            logger.info(
+                "collective timeout %g s: a rank that stops responding ends the others within %g s",
+                distributed.timeout_s,
+                exit_bound_s(distributed.timeout_s),
+            )
         return trainer.run()
+    except BaseException:
+        failed = True
+        raise
     finally:
-        if owns_group:
+        # After a failure no clean-up collective: destroying the group may wait on peers that will never
+        # come. The process exits, its connections close and the peers' collectives fail at once.
+        if owns_group and not failed:
             teardown_distributed()
 
 
@@ -148,7 +183,7 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     """Instantiates frame group, model, criterion, data and evaluation from `cfg` (process group ready)."""
     config = _section(cfg, "trainer", TrainerConfig)
     runtime = _section(cfg, "runtime", RuntimeConfig)
-    group = build_frame_group(cfg.distributed.frame_group_size)
+    group = build_frame_group(_section(cfg, "distributed", DistributedConfig).frame_group_size)
     _seed_everything(int(cfg.seed))  # the same initial weights on every rank
     model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
     model = apply_runtime_policy(model, act_checkpoint=runtime.act_checkpoint, compile=runtime.compile).to(device)

@@ -4,7 +4,10 @@ The trainer wraps the video model in DDP over the whole world; the frame-group s
 data (each rank holds its own frames) and in the loss normalisation of `sam3.train.step`, which it
 reuses. Gradient accumulation counts N over all micro-batches of a step, so k micro-batches of b clips
 equal one step on k*b clips. Checkpoints hold every piece of state, so a run killed at any point
-resumes from its last checkpoint to the same weights as an uninterrupted run. The LR of step s is each
+resumes from its last checkpoint to the same weights as an uninterrupted run. Every phase that
+communicates runs as a named `sam3.distributed.timeouts.operation` with the current step, so a rank
+that stops responding makes the others fail with the phase and step named (`distributed.timeout_s`,
+exit bound in `sam3.distributed.timeouts`). The LR of step s is each
 group's `initial_lr` (from `sam3.train.optim.param_groups`) times `lr_factor(s, schedule)`, a pure function
 of s, so there is no scheduler state to save.
 """
@@ -33,6 +36,7 @@ from sam3.data.collate import BadBatch, BadClip
 from sam3.data.index import DataError
 from sam3.distributed.collectives import all_gather_objects, any_rank
 from sam3.distributed.env import get_rank, get_world_size
+from sam3.distributed.timeouts import operation, set_step
 from sam3.train.checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -210,7 +214,9 @@ class Trainer:
             )
         if self.evaluate_fn is None:
             raise ValueError("trainer.mode=eval needs validation data (data.val) to evaluate on")
-        metrics = self.evaluate_fn(self.model, self.step)
+        set_step(self.step)
+        with operation("evaluation", watched=False):
+            metrics = self.evaluate_fn(self.model, self.step)
         self._log_metrics(metrics, prefix="val")
         return {"mode": "eval", "metrics": metrics, "step": self.step}
 
@@ -232,7 +238,8 @@ class Trainer:
         start_time = time.perf_counter()
         start_step = self.step
         while self.step < self.config.max_steps:
-            if any_rank(self._checkpoint_requested.is_set(), self.device):
+            set_step(self.step)
+            if any_rank(self._checkpoint_requested.is_set(), self.device, op="vote: checkpoint requested"):
                 if not self._saved_at_this_step():
                     self._save()
                 logger.warning("checkpoint requested: saved step %d and stopping", self.step)
@@ -243,8 +250,11 @@ class Trainer:
             data_time = time.perf_counter() - data_start
             apply_lr(self.optimizer, lr_factor(self.step, self.schedule))
             step_start = time.perf_counter()
-            losses = forward_backward(ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype)
-            if not any_rank(not bool(torch.isfinite(losses.loss)), self.device):
+            with operation("forward/backward (frame gathers, DDP all-reduce of gradients)", watched=False):
+                losses = forward_backward(
+                    ddp_model, self.criterion, micro_batches, self.step, self.device, autocast_dtype
+                )
+            if not any_rank(not bool(torch.isfinite(losses.loss)), self.device, op="vote: non-finite loss"):
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
             else:
@@ -261,6 +271,7 @@ class Trainer:
                 self._save()
             if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.max_steps:
                 history["metrics"][self.step] = self._validate()
+        set_step(self.step)  # the final checkpoint and validation
         if not history.get("interrupted"):
             if not self._saved_at_this_step():
                 self._save()
@@ -288,9 +299,10 @@ class Trainer:
         if self.world_size == 1:
             return self.model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
-        )
+        with operation("DDP set-up (broadcast of the initial weights)"):
+            return DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+            )
 
     def _autocast_dtype(self) -> torch.dtype | None:
         if self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda"):
@@ -321,10 +333,10 @@ class Trainer:
                 if bad:
                     raise bad[0].error()
                 return batch
-            if not any_rank(bool(bad), self.device):
+            if not any_rank(bool(bad), self.device, op="vote: bad sample"):
                 return batch
             reports: dict[Any, list[BadClip]] = {}
-            for rank_bad in all_gather_objects(bad):
+            for rank_bad in all_gather_objects(bad, op="gather of bad-sample reports"):
                 for clip in rank_bad:
                     reports.setdefault(clip.clip_id, []).append(clip)
             for clips in reports.values():
@@ -359,7 +371,7 @@ class Trainer:
     def _newest_valid_checkpoint(self) -> Path | None:
         """The run's newest checkpoint that verifies, chosen by rank 0 so that every rank loads the same."""
         chosen = latest_checkpoint(self.run_dir) if self.rank == 0 else None
-        return all_gather_objects(chosen)[0]
+        return all_gather_objects(chosen, op="gather of the checkpoint to resume from")[0]
 
     def _saved_at_this_step(self) -> bool:
         return self._saved_step == self.step
@@ -393,7 +405,8 @@ class Trainer:
         }
         if self.model_config is not None:
             state[MODEL_CONFIG_KEY] = self.model_config
-        save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+        with operation("checkpoint", watched=False):  # rank 0 writes while the others wait for its result
+            save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
         self._saved_step = self.step
 
     def _clip_gradients(self) -> float:
@@ -419,7 +432,8 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         was_training = self.model.training
-        metrics = self.evaluate_fn(self.model, self.step)
+        with operation("validation", watched=False):
+            metrics = self.evaluate_fn(self.model, self.step)
         self.model.train(was_training)
         self._log_metrics(metrics, prefix="val")
         return metrics
