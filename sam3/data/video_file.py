@@ -66,7 +66,7 @@ class VideoFile:
             raise ValueError(f"video file {self.path} holds no frame")
         self.frame_pts = sorted(pts)  # presentation order
         self._index_of_pts = {p: i for i, p in enumerate(self.frame_pts)}
-        self._keyframe_idx = sorted(self._index_of_pts[p] for p in keyframes) or [0]
+        self.keyframe_indices = sorted(self._index_of_pts[p] for p in keyframes) or [0]
         self.height = int(self._stream.codec_context.height)
         self.width = int(self._stream.codec_context.width)
         rate = self._stream.average_rate or self._stream.guessed_rate
@@ -90,7 +90,7 @@ class VideoFile:
         """Frame t as a (3, H, W) uint8 RGB tensor."""
         if not 0 <= t < self.num_frames:
             raise IndexError(f"frame {t} of {self.path}, which has {self.num_frames} frames")
-        keyframe = self._keyframe_idx[bisect.bisect_right(self._keyframe_idx, t) - 1]
+        keyframe = self.keyframe_indices[bisect.bisect_right(self.keyframe_indices, t) - 1]
         if self._frames is None or not keyframe <= self._position + 1 <= t:  # seek when it skips frames
             self._seek(keyframe)
         target = self.frame_pts[t]
