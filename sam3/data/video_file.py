@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+from sam3.data.index import VIDEO_SUFFIXES
 
 
 def is_video_file(name: str | Path) -> bool:
     """Whether `name` names a video file (by its suffix) rather than a frame image."""
-    return Path(name).suffix.lower() in VIDEO_SUFFIXES
+    return str(name).lower().endswith(VIDEO_SUFFIXES)
 
 
 class VideoFile:
