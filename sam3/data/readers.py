@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 from pycocotools import mask as coco_mask
 
-from sam3.data.index import DataError, DatasetIndex, Masklet, PhrasePair, VideoRecord
-from sam3.data.video_file import VIDEO_SUFFIXES, is_video_file
+from sam3.data.index import VIDEO_SUFFIXES, DataError, DatasetIndex, Masklet, PhrasePair, VideoRecord
 from sam3.ops.masks import RLE, rle_to_box_xywh
 
 logger = logging.getLogger(__name__)
@@ -337,7 +336,7 @@ class _Reader:
             return VideoRecord(video_id, file_name, [file_name], height, width)
         if "video_file" in raw:  # the frames are in one video file: every frame's name is the file's
             video_file = self.field(raw, "video_file", str, name)
-            if not is_video_file(video_file):
+            if not video_file.lower().endswith(VIDEO_SUFFIXES):
                 raise DataError(
                     self.path, name, "video_file", f"{video_file!r} is not a video file ({', '.join(VIDEO_SUFFIXES)})"
                 )
