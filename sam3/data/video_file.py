@@ -1,4 +1,4 @@
-"""Video files (.mp4, .webm, ...): frame-accurate random access with PyAV, and an overlay writer.
+"""Video files (.mp4, .webm, ...): frame-accurate random access with PyAV, and a writer.
 
 `VideoFile` indexes a file's packets once (demuxing only, no decoding) to learn every frame's
 presentation timestamp and where the keyframes are. Reading frame t seeks to the last keyframe at or
@@ -84,7 +84,11 @@ class VideoFile:
     def read(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames `indices` as an (N, 3, H, W) uint8 RGB tensor, in the order asked (decoded in increasing order)."""
         frames = {t: self.frame(t) for t in sorted(set(indices))}
-        return torch.stack([frames[t] for t in indices]) if indices else torch.empty(0, 3, self.height, self.width)
+        return (
+            torch.stack([frames[t] for t in indices])
+            if indices
+            else torch.empty(0, 3, self.height, self.width, dtype=torch.uint8)
+        )
 
     def frame(self, t: int) -> torch.Tensor:
         """Frame t as a (3, H, W) uint8 RGB tensor."""
@@ -94,16 +98,20 @@ class VideoFile:
         if self._frames is None or not keyframe <= self._position + 1 <= t:  # seek when it skips frames
             self._seek(keyframe)
         target = self.frame_pts[t]
-        for decoded in self._frames:
-            self.decoded_frames += 1
-            self._position = self._index_of_pts.get(decoded.pts, self._position)
-            if decoded.pts == target:
-                rgb = self._reformatter.reformat(decoded, format="rgb24", interpolation="FAST_BILINEAR")
-                return torch.from_numpy(np.ascontiguousarray(rgb.to_ndarray().transpose(2, 0, 1)))  # 3, H, W
-            if decoded.pts is not None and decoded.pts > target:
-                break
+        try:
+            for decoded in self._frames:
+                self.decoded_frames += 1
+                self._position = self._index_of_pts.get(decoded.pts, self._position)
+                if decoded.pts == target:
+                    rgb = self._reformatter.reformat(decoded, format="rgb24", interpolation="FAST_BILINEAR")
+                    return torch.from_numpy(np.ascontiguousarray(rgb.to_ndarray().transpose(2, 0, 1)))  # 3, H, W
+                if decoded.pts is not None and decoded.pts > target:
+                    break
+            problem = "not found in the decoded stream"
+        except av.error.FFmpegError as e:
+            problem = f"corrupt or truncated? {e}"
         self._frames = None
-        raise ValueError(f"video file {self.path}: could not decode frame {t} (pts {target})")
+        raise ValueError(f"video file {self.path}: cannot decode frame {t} (pts {target}): {problem}")
 
     def close(self) -> None:
         self._frames = None

@@ -59,3 +59,13 @@ def test_odd_sizes_are_padded_and_bad_files_are_named(tmp_path):
     with pytest.raises(ValueError, match="bad.mp4"):
         VideoFile(bad)
     assert is_video_file("a/b.MP4") and is_video_file("x.webm") and not is_video_file("f.jpg")
+
+
+def test_a_truncated_file_is_named(tmp_path):
+    path = tmp_path / "cut.mp4"
+    _write(path, num_frames=12, gop_size=1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.mp4"):  # at opening (index at the end) or at decoding
+        with VideoFile(path) as video:
+            video.read(list(range(video.num_frames)))
