@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sam3.data.collate import BadClip, ClipSample
-from sam3.data.frames import read_frame
+from sam3.data.frames import FrameReader
 from sam3.data.index import DataError, DatasetIndex, Masklet, VideoRecord
 from sam3.data.prompts import PromptConfig, select_prompts
 from sam3.data.readers import OnError, load_annotations
@@ -94,6 +94,7 @@ class VideoGroundingDataset(Dataset):
         self.index = index
         self.transform = transform
         self.frames_root = Path(index.source).parent if frames_root is None else Path(frames_root)
+        self.frames = FrameReader(self.frames_root, index.source)
         self.train = train
         self.clip_sampling = clip_sampling
         self.prompts = PromptConfig(shuffle=train) if prompts is None else prompts
@@ -152,8 +153,7 @@ class VideoGroundingDataset(Dataset):
 
         own = frames_of_rank(len(frames), self.group_size, self.group_rank)
         own_frames = [frames[t] for t in own]
-        decoded = [read_frame(self.frames_root, video, f, self.index.source) for f in own_frames]
-        pixels = torch.stack(decoded) if decoded else torch.zeros(0, 3, video.height, video.width, dtype=torch.uint8)
+        pixels = self.frames.read(video, own_frames)  # this rank's frames only
         masks = None
         if self.load_masks and self.index.has_masks:
             masks = self._masks(instances, own_frames, video)

@@ -1,9 +1,11 @@
-"""Frame files: decoding with torchvision.io, and a header-only size check for the validator.
+"""Frames: frame files decoded with torchvision.io, video files with PyAV (`FrameReader`), and the
+validator's checks (a frame file's header, a video file's frame count and size).
 
 A frame that cannot be used raises `DataError` naming the annotation file, the video and frame, and
 the frame file: missing, empty or unreadable, not an image, truncated (a JPEG without its end marker,
 a PNG without its IEND chunk, which torchvision would otherwise decode from the rows present) or of
-another size than the annotations say.
+another size than the annotations say. A video file that cannot be opened, holds fewer or more
+frames than the annotations' `length` or has another size raises `DataError` too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from sam3.data.index import DataError, VideoRecord
+from sam3.data.video_file import VideoFile
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The last 12 bytes of every complete PNG: the empty IEND chunk (length 0, type, CRC).
@@ -55,6 +58,81 @@ def read_frame(frames_root: str | Path, video: VideoRecord, frame_idx: int, sour
         ) from None
     _check_size(tuple(image.shape[-2:]), video, record, path, source)
     return image
+
+
+class FrameReader:
+    """Decodes the frames a rank owns, from frame files or from a video file.
+
+    A video file stays open while consecutive reads come from it (a data-loader worker reads clip after
+    clip); only the asked frames are decoded, each from its keyframe (`VideoFile`). `decoded_frames`
+    counts the frames decoded from video files, including those between a keyframe and an asked frame.
+
+    Args:
+        frames_root: folder the videos' `file_names` are relative to.
+        source: the annotation file, named in errors.
+    """
+
+    def __init__(self, frames_root: str | Path, source: str = "") -> None:
+        self.frames_root = Path(frames_root)
+        self.source = source
+        self.decoded_frames = 0
+        self._open: VideoFile | None = None
+
+    def read(self, video: VideoRecord, frame_indices: list[int]) -> torch.Tensor:
+        """Frames `frame_indices` of `video` as an (N, 3, H, W) uint8 RGB tensor."""
+        if video.video_file is None:
+            decoded = [read_frame(self.frames_root, video, t, self.source) for t in frame_indices]
+            return torch.stack(decoded) if decoded else torch.zeros(0, 3, video.height, video.width, dtype=torch.uint8)
+        file = self._video_file(video)
+        before = file.decoded_frames
+        try:
+            frames = file.read(frame_indices)
+        except ValueError as e:
+            raise DataError(self.source, f"video {video.video_id}", "video_file", str(e)) from None
+        self.decoded_frames += file.decoded_frames - before
+        return frames.reshape(len(frame_indices), 3, video.height, video.width)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_open"] = None  # each worker opens its own
+        return state
+
+    def _video_file(self, video: VideoRecord) -> VideoFile:
+        path = self.frames_root / video.video_file
+        if self._open is not None and self._open.path == path:
+            return self._open
+        self.close()
+        self._open = open_video_file(self.frames_root, video, self.source)
+        return self._open
+
+
+def open_video_file(frames_root: str | Path, video: VideoRecord, source: str = "") -> VideoFile:
+    """Opens `video`'s video file, checking its frame count and size against the annotations."""
+    path = Path(frames_root) / video.video_file
+    record = f"video {video.video_id}"
+    if not path.is_file():
+        raise DataError(source, record, "video_file", f"video file {path} is missing")
+    try:
+        file = VideoFile(path)
+    except ValueError as e:
+        raise DataError(source, record, "video_file", str(e)) from None
+    if file.num_frames != video.length:
+        file.close()
+        raise DataError(
+            source,
+            record,
+            "length",
+            f"video file {path} holds {file.num_frames} frames but the annotations say {video.length}",
+        )
+    if (file.height, file.width) != (video.height, video.width):
+        file.close()
+        _check_size((file.height, file.width), video, record, path, source)
+    return file
 
 
 def check_frame_file(frames_root: str | Path, video: VideoRecord, frame_idx: int, source: str = "") -> None:

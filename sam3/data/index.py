@@ -13,6 +13,9 @@ from typing import Any
 
 from sam3.ops.masks import RLE
 
+# Suffixes of video files (`sam3.data.video_file` decodes them).
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+
 
 class DataError(ValueError):
     """Bad input data, naming the file, the record (video / annotation id) and the field."""
@@ -37,7 +40,7 @@ class VideoRecord:
     Attributes:
         video_id: the id used by the annotation file.
         name: a readable name (video_name, or the image file name).
-        file_names: T frame paths relative to the frames root.
+        file_names: T frame paths relative to the frames root; for a video file, T times its path.
         height: frame height in pixels (every frame).
         width: frame width in pixels (every frame).
     """
@@ -51,6 +54,12 @@ class VideoRecord:
     @property
     def length(self) -> int:
         return len(self.file_names)
+
+    @property
+    def video_file(self) -> str | None:
+        """The video file holding every frame (then every entry of `file_names`), or None for frame files."""
+        first = self.file_names[0] if self.file_names else ""
+        return first if first.lower().endswith(VIDEO_SUFFIXES) and len(set(self.file_names)) == 1 else None
 
 
 @dataclass

@@ -4,7 +4,8 @@
 
 Exits with status 1 and the named error (file, record, field) on the first bad record, or with
 `--skip-bad-records` reports how many were skipped. Frame files are checked (existence and size,
-reading only their headers) when `--frames-root` is given.
+reading only their headers) when `--frames-root` is given; video files by their frame count (against the
+annotations' `length`) and size, read from the container without decoding.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sam3.data.frames import check_frame_file
+from sam3.data.frames import check_frame_file, open_video_file
 from sam3.data.index import DataError, DatasetIndex
 from sam3.data.readers import FORMATS, load_annotations
 
@@ -22,6 +23,10 @@ def check_frames(index: DatasetIndex, frames_root: str | Path) -> int:
     """Checks every frame file of `index` under `frames_root`; returns the number checked."""
     checked = 0
     for video in index.videos:
+        if video.video_file is not None:  # its frame count and size, from the container (no decoding)
+            open_video_file(frames_root, video, index.source).close()
+            checked += video.length
+            continue
         for frame_idx in range(video.length):
             check_frame_file(frames_root, video, frame_idx, index.source)
             checked += 1

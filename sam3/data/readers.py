@@ -1,5 +1,7 @@
 """Annotation readers: SA-Co/VEval, YouTube-VIS and COCO image JSON, all into one `DatasetIndex`.
 
+* A video record lists its frame files in `file_names`, or names one video file (.mp4, .webm, ...)
+  in `video_file` with its frame count in `length` (SA-Co/VEval and YouTube-VIS).
 * SA-Co/VEval: `videos`, `annotations` (masklets with per-frame RLE `segmentations` and xywh
   `bboxes`, null where not visible), `categories` (name = noun phrase) and `video_np_pairs`
   (num_masklets 0 = negative pair). Every pair is exhaustive.
@@ -24,7 +26,7 @@ from typing import Any, Literal
 
 from pycocotools import mask as coco_mask
 
-from sam3.data.index import DataError, DatasetIndex, Masklet, PhrasePair, VideoRecord
+from sam3.data.index import VIDEO_SUFFIXES, DataError, DatasetIndex, Masklet, PhrasePair, VideoRecord
 from sam3.ops.masks import RLE, rle_to_box_xywh
 
 logger = logging.getLogger(__name__)
@@ -332,6 +334,17 @@ class _Reader:
         if single_frame:
             file_name = self.field(raw, "file_name", str, name)
             return VideoRecord(video_id, file_name, [file_name], height, width)
+        if "video_file" in raw:  # the frames are in one video file: every frame's name is the file's
+            video_file = self.field(raw, "video_file", str, name)
+            if not video_file.lower().endswith(VIDEO_SUFFIXES):
+                raise DataError(
+                    self.path, name, "video_file", f"{video_file!r} is not a video file ({', '.join(VIDEO_SUFFIXES)})"
+                )
+            length = self.field(raw, "length", int, name)
+            if length <= 0:
+                raise DataError(self.path, name, "length", f"must be positive, got {length}")
+            video_name = raw.get("video_name") or Path(video_file).stem
+            return VideoRecord(video_id, str(video_name), [video_file] * length, height, width)
         file_names = self.field(raw, "file_names", list, name)
         if not file_names or not all(isinstance(f, str) for f in file_names):
             raise DataError(self.path, name, "file_names", "must be a non-empty list of frame paths")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.io import write_jpeg
 
+from sam3.data.video_file import write_video
 from sam3.ops.masks import rle_area, rle_encode, rle_to_box_xywh
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,13 @@ def generate_split(
     image_size: int,
     seed: int,
     num_negatives: int = 3,
+    video_files: bool = False,
 ) -> Path:
-    """Writes one split (frames and SA-Co/VEval JSON) under `out_dir`/`split`; returns the JSON path."""
+    """Writes one split (frames and SA-Co/VEval JSON) under `out_dir`/`split`; returns the JSON path.
+
+    With `video_files` each video is one H.264 .mp4 (every frame a keyframe, so a rank decodes exactly its
+    own frames) named by the record's `video_file`, instead of a folder of JPEG frames.
+    """
     root = Path(out_dir) / split
     root.mkdir(parents=True, exist_ok=True)
     vocabulary = phrase_vocabulary()
@@ -138,20 +144,16 @@ def generate_split(
     for video_idx in range(num_videos):
         frames, tracks = synthetic_video(seed, split, video_idx, num_frames, image_size)
         name = f"video_{video_idx:05d}"
-        (root / name).mkdir(exist_ok=True)
-        file_names = [f"{name}/{t:05d}.jpg" for t in range(num_frames)]
-        for t, file_name in enumerate(file_names):
-            write_jpeg(frames[t], str(root / file_name), quality=JPEG_QUALITY)
-        videos.append(
-            {
-                "id": video_idx,
-                "video_name": name,
-                "file_names": file_names,
-                "height": image_size,
-                "width": image_size,
-                "length": num_frames,
-            }
-        )
+        record = {"id": video_idx, "video_name": name, "height": image_size, "width": image_size, "length": num_frames}
+        if video_files:
+            write_video(root / f"{name}.mp4", (f.permute(1, 2, 0).numpy() for f in frames), fps=10, gop_size=1)
+            record["video_file"] = f"{name}.mp4"
+        else:
+            (root / name).mkdir(exist_ok=True)
+            record["file_names"] = [f"{name}/{t:05d}.jpg" for t in range(num_frames)]
+            for t, file_name in enumerate(record["file_names"]):
+                write_jpeg(frames[t], str(root / file_name), quality=JPEG_QUALITY)
+        videos.append(record)
         shown = [track for track in tracks if track.masks.any()]
         matches: dict[str, list[ShapeTrack]] = {}
         for track in shown:
@@ -194,6 +196,7 @@ def generate_dataset(
     seed: int,
     num_val_videos: int | None = None,
     num_negatives: int = 3,
+    video_files: bool = False,
 ) -> dict[str, Path]:
     """Writes the train and val splits; returns each split's annotation file."""
     val_videos = max(1, num_videos // 4) if num_val_videos is None else num_val_videos
@@ -202,7 +205,9 @@ def generate_dataset(
     torch.set_num_threads(1)  # the tensors are tiny: extra threads only contend (8x slower on 2 busy cores)
     try:
         return {
-            split: generate_split(out_dir, split, counts[split], num_frames, image_size, seed, num_negatives)
+            split: generate_split(
+                out_dir, split, counts[split], num_frames, image_size, seed, num_negatives, video_files
+            )
             for split in SPLITS
         }
     finally:
@@ -251,9 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-negatives", type=int, default=3, help="negative phrases per video")
+    parser.add_argument("--video-files", action="store_true", help="one .mp4 per video instead of JPEG frames")
     args = parser.parse_args(argv)
     paths = generate_dataset(
-        args.out, args.num_videos, args.num_frames, args.image_size, args.seed, args.num_val_videos, args.num_negatives
+        args.out,
+        args.num_videos,
+        args.num_frames,
+        args.image_size,
+        args.seed,
+        args.num_val_videos,
+        args.num_negatives,
+        args.video_files,
     )
     for split, path in paths.items():
         print(f"{split}: {path}")

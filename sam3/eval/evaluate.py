@@ -32,7 +32,7 @@ from sam3.distributed.env import get_rank
 from sam3.distributed.frame_shard import FrameGroup
 from sam3.distributed.video_inference import VideoGroundingRunner
 from sam3.eval.linking import LinkingConfig, link_video
-from sam3.eval.postprocess import FrameDetections, MaskNMS, to_original_size
+from sam3.eval.postprocess import FrameDetections, FramePredictions, MaskNMS, to_original_size
 from sam3.eval.saco_format import merge_prediction_shards, parse_ground_truth, parse_predictions, write_predictions
 from sam3.eval.track_mode import TrackConfig, encode_video, masklet_records, track_phrase
 from sam3.eval.veval import evaluate_veval
@@ -115,7 +115,7 @@ def evaluate(
     my_videos = split_videos_for_eval(lengths, group.num_groups)[group.group_idx]
     records: list[dict[str, Any]] = []
     runner = VideoGroundingRunner(model, group, async_gather=async_gather, gather_backbone_out=gather_backbone_out)
-    select = _TopDetections(config)
+    select = TopDetections(config)
     for video_idx in my_videos:
         if mode == "track":
             records += _track_records(model, dataset, video_idx, device, select, config, track)
@@ -189,7 +189,25 @@ def index_to_veval_gt(index: DatasetIndex, num_videos: int | None = None) -> dic
     }
 
 
-class _TopDetections:
+def frame_predictions(
+    tensors: dict[str, torch.Tensor], size: tuple[int, int], config: EvalConfig
+) -> list[FramePredictions]:
+    """One frame's gathered `TopDetections` output as each prompt's predictions in the original
+    (height, width) frame, empty slots and scores at or below `config.min_score` dropped."""
+    predictions = []
+    for p in range(tensors["scores"].shape[0]):
+        keep = tensors["scores"][p] > config.min_score
+        detections = FrameDetections(
+            scores=tensors["scores"][p][keep].cpu(),
+            boxes_cxcywh=tensors["boxes_cxcywh"][p][keep].cpu(),
+            mask_logits=tensors["mask_logits"][p][keep].cpu() if "mask_logits" in tensors else None,
+            query_idx=keep.nonzero(as_tuple=True)[0].cpu(),
+        )
+        predictions.append(to_original_size(detections, size, config.mask_logit_thresh))
+    return predictions
+
+
+class TopDetections:
     """Per-frame hook run before the gather: each prompt's best `max_detections` queries (after NMS),
     as fixed-size tensors; empty slots have score -1."""
 
@@ -252,19 +270,7 @@ def _video_records(runner, dataset, video_idx, device, select, config, linking) 
             pass
         return []
     size = (video.height, video.width)
-    per_frame = []
-    for _, tensors in frames:  # forward order: frame 0 first
-        predictions = []
-        for p in range(len(sample.prompts)):
-            keep = tensors["scores"][p] > config.min_score
-            detections = FrameDetections(
-                scores=tensors["scores"][p][keep].cpu(),
-                boxes_cxcywh=tensors["boxes_cxcywh"][p][keep].cpu(),
-                mask_logits=tensors["mask_logits"][p][keep].cpu() if "mask_logits" in tensors else None,
-                query_idx=keep.nonzero(as_tuple=True)[0].cpu(),
-            )
-            predictions.append(to_original_size(detections, size, config.mask_logit_thresh))
-        per_frame.append(predictions)
+    per_frame = [frame_predictions(tensors, size, config) for _, tensors in frames]  # forward order
     category_ids = _category_ids(dataset.index, video_idx, sample.prompts)
     return link_video(video.video_id, category_ids, per_frame, size, linking)
 

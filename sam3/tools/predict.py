@@ -71,10 +71,7 @@ def predict(
     """
     device = next(model.parameters()).device
     width, height = image.size
-    pixels = pil_to_tensor(image.convert("RGB")).float().div(255)[None].to(device)  # 1, 3, H, W
-    pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", antialias=True)
-    pixels = (pixels - 0.5) / 0.5
-    vision = model.backbone.forward_image(pixels)
+    vision = model.backbone.forward_image(model_input(pil_to_tensor(image.convert("RGB")), input_size, device)[None])
     text = model.backbone.forward_text([prompt])
     index = torch.zeros(1, dtype=torch.int64, device=device)
     out = model.forward_grounding(vision, text, index, index)
@@ -90,6 +87,13 @@ def predict(
         logits = F.interpolate(out.pred_masks[:, keep], size=(height, width), mode="bilinear", align_corners=False)
         result["masks"] = (logits[0] > 0).cpu()
     return result
+
+
+def model_input(frame: torch.Tensor, input_size: int, device: torch.device) -> torch.Tensor:
+    """A (3, H, W) uint8 RGB frame as the model's (3, S, S) normalised input (aspect ratio not kept)."""
+    pixels = frame.to(device).float().div(255)[None]  # 1, 3, H, W
+    pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", antialias=True)
+    return ((pixels - 0.5) / 0.5)[0]
 
 
 def segment_interactive(
@@ -132,20 +136,22 @@ def _box(text: str) -> list[float]:
     return values
 
 
-def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor]) -> Image.Image:
-    """`image` with each detection's mask tinted and its box and score drawn."""
+def draw_overlay(image: Image.Image, detections: dict[str, torch.Tensor], ids: list[int] | None = None) -> Image.Image:
+    """`image` with each detection's mask tinted and its box and score drawn; with `ids` (one per
+    detection, e.g. masklet ids of a video) the colour follows the id and the label reads "id score"."""
     canvas = image.convert("RGB")
+    colors = [COLORS[(i if ids is None else ids[i]) % len(COLORS)] for i in range(len(detections["scores"]))]
     for i, mask in enumerate(detections["masks"]):
-        tint = Image.new("RGB", canvas.size, COLORS[i % len(COLORS)])
+        tint = Image.new("RGB", canvas.size, colors[i])
         alpha = Image.fromarray((mask.numpy() * 110).astype("uint8"), mode="L")
         canvas = Image.composite(tint, canvas, alpha)
     draw = ImageDraw.Draw(canvas)
     for i, (score, box) in enumerate(
         zip(detections["scores"].tolist(), detections["boxes_xyxy"].tolist(), strict=True)
     ):
-        color = COLORS[i % len(COLORS)]
-        draw.rectangle(box, outline=color, width=3)
-        draw.text((box[0] + 3, box[1] + 2), f"{score:.2f}", fill=color)
+        label = f"{score:.2f}" if ids is None else f"{ids[i]} {score:.2f}"
+        draw.rectangle(box, outline=colors[i], width=3)
+        draw.text((box[0] + 3, box[1] + 2), label, fill=colors[i])
     return canvas
 
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from sam3.data.synthetic import generate_dataset
 from sam3.distributed.frame_shard import build_frame_group
-from sam3.eval.evaluate import EvalConfig, _TopDetections, evaluate
+from sam3.eval.evaluate import EvalConfig, TopDetections, evaluate
 from sam3.eval.postprocess import FramePredictions
 from sam3.eval.track_mode import TrackConfig, encode_video, masklet_records, track_phrase
 from sam3.model_builder import build_model, config_dir
@@ -61,7 +61,7 @@ def encoded_video(model, dataset_root):
         sample.num_frames,
         sample.prompts,
         (64, 64),
-        select=_TopDetections(selection),
+        select=TopDetections(selection),
         selection=selection,
         config=TrackConfig(detect_every=2),
     )
