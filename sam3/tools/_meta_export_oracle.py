@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import resource
 import time
 import warnings
 
@@ -32,6 +33,20 @@ def _load_script(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _compare_with_file(model: torch.nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Image-model keys the file's `detector.*` tensors did not fill, and those it filled with other values.
+    A function of its own so that the memory-mapped file is released on return."""
+    exported = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    missing, not_equal = [], []
+    for key, tensor in model.state_dict().items():
+        source = exported.get("detector." + key)
+        if source is None:
+            missing.append(key)
+        elif source.dtype != tensor.dtype or not torch.equal(source, tensor):
+            not_equal.append(key)
+    return missing, not_equal
 
 
 def main() -> None:
@@ -57,7 +72,9 @@ def main() -> None:
                 checkpoint_path=args.exported, load_from_HF=False, bpe_path=bpe, device="cpu"
             )
             timing["video_build_and_load_s"] = time.time() - start
-            torch.save({"video_loaded": True, "n_keys": len(video.state_dict()), "timing": timing}, args.out)
+            n_keys = len(video.state_dict())
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            torch.save({"video_loaded": True, "n_keys": n_keys, "timing": timing, "peak_rss_gb": peak}, args.out)
             return
         model = build_sam3_image_model(
             bpe_path=bpe,
@@ -70,15 +87,7 @@ def main() -> None:
             compile=False,
         )
         timing["image_build_and_load_s"] = time.time() - start
-        exported = torch.load(args.exported, map_location="cpu", weights_only=True, mmap=True)["model"]
-        missing, not_equal = [], []
-        for key, tensor in model.state_dict().items():
-            source = exported.get("detector." + key)
-            if source is None:
-                missing.append(key)
-            elif source.dtype != tensor.dtype or not torch.equal(source, tensor):
-                not_equal.append(key)
-        del exported
+        missing, not_equal = _compare_with_file(model, args.exported)
         model.eval()
         out, forward_timing = ref.reference_forward(model)
     timing.update(forward_timing)
@@ -89,6 +98,7 @@ def main() -> None:
             "not_equal": not_equal,
             "timing": timing,
             "threads": torch.get_num_threads(),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         },
         args.out,
     )

@@ -20,7 +20,7 @@ built with `tracker=null` has no `tracker.*` and, with `use_sam2_convs=false`, n
 `detector.segmentation_head.*`; they are taken from the base. Keys present in the
 fine-tune always come from the fine-tune. With a base, the written key set is exactly the base's
 (a fine-tune key the base does not have, or of another shape, is an error). Without one, the model
-must have the tracker and the second pyramid itself.
+must have all three parts itself.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def export_state_dict(
     Args:
         model_state: `model.state_dict()` of a built SAM3 image model.
         base: a released-layout `model` dict; supplies every key the model lacks. None: the model must
-            have every released part (tracker and `sam2_convs`).
+            have every released part (tracker, `sam2_convs`, segmentation head).
 
     Returns:
         released name -> tensor (float32 / complex64), in the base's order when given, else the model's.
@@ -83,8 +83,9 @@ def export_state_dict(
         missing = [p + "*" for p in REQUIRED_PARTS if not any(k.startswith(p) for k in ours)]
         if missing:
             raise ValueError(
-                f"the model has no {' and no '.join(missing)} (built with tracker=null / use_sam2_convs=false / enable_segmentation=false): "
-                "the released layout needs them; pass --base sam3.pt (the released checkpoint) to copy them from it"
+                f"the model has no {' and no '.join(missing)} (built with tracker=null, use_sam2_convs=false or "
+                "enable_segmentation=false): the released layout needs them; pass --base sam3.pt (the released "
+                "checkpoint) to copy them from it"
             )
         return ours
     if not any(k.startswith(OFFICIAL_MODEL_PREFIX) for k in base):
