@@ -6,9 +6,12 @@ Fixtures stay in the `conftest.py` files; test modules import plain functions an
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from pycocotools import mask as coco_mask
@@ -121,3 +124,34 @@ def gt_as_predictions(gt: dict, score: float = 0.9) -> list[dict]:
     """Every ground-truth masklet as a prediction with the given score."""
     keys = ("video_id", "category_id", "bboxes", "segmentations", "areas")
     return [{**{k: ann[k] for k in keys}, "score": score} for ann in gt["annotations"]]
+
+
+# ------------------------------------------------------------------------------------- Meta's oracle
+HEAVY_ORACLE_ENV = "SAM3_HEAVY_ORACLE_TESTS"  # "1" runs the full-size oracle comparisons (minutes, ~8 GB)
+
+
+def oracle_python(probe_imports: str = "import sam3.model_builder") -> str:
+    """The oracle interpreter with Meta's `sam3` (env SAM3_ORACLE_PYTHON, else SAM3_REFERENCE_VENV/bin/python,
+    else /tmp/refvenv/bin/python), or skip when it is absent or cannot run `probe_imports`."""
+    venv = os.environ.get("SAM3_REFERENCE_VENV", "/tmp/refvenv")
+    python = os.environ.get("SAM3_ORACLE_PYTHON", str(Path(venv) / "bin" / "python"))
+    if not Path(python).exists():
+        pytest.skip(f"no oracle interpreter at {python} (set SAM3_ORACLE_PYTHON; ../shared/tools/ref_env.sh makes one)")
+    probe = subprocess.run([python, "-I", "-c", probe_imports], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{python} cannot run {probe_imports!r}: {probe.stderr.strip()[-300:]}")
+    return python
+
+
+def official_reference_script() -> Path:
+    """`../shared/tools/official_reference.py`, or skip."""
+    script = REPO_ROOT.parent / "shared" / "tools" / "official_reference.py"
+    if not script.is_file():
+        pytest.skip(f"no {script} (the shared reference script)")
+    return script
+
+
+def require_heavy_oracle() -> None:
+    """Full-size comparisons with Meta's model take minutes and ~8 GB per process: opt-in."""
+    if os.environ.get(HEAVY_ORACLE_ENV) != "1":
+        pytest.skip(f"full-size oracle comparison (minutes, ~8 GB RAM, GBs of temp disk): set {HEAVY_ORACLE_ENV}=1")

@@ -14,10 +14,8 @@ reported, held to 1e-4 x their std.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ import sam3.tools._meta_interactive_oracle as oracle_module
 from sam3.interactive import InteractiveSegmenter
 from sam3.model_builder import apply_runtime_policy, build_model
 from sam3.tools.seeded_init import seeded_tensor
+from tests.helpers import oracle_python, require_heavy_oracle
 
 REL_TOL = 1e-4
 SEED = 0
@@ -74,20 +73,6 @@ def natural_image(hw: tuple[int, int] = ORIG_HW) -> np.ndarray:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def oracle_python() -> str:
-    """The oracle interpreter (env SAM3_ORACLE_PYTHON, else SAM3_REFERENCE_VENV/bin/python, else /tmp/refvenv), or skip."""
-    venv = os.environ.get("SAM3_REFERENCE_VENV", "/tmp/refvenv")
-    python = os.environ.get("SAM3_ORACLE_PYTHON", str(Path(venv) / "bin" / "python"))
-    if not Path(python).exists():
-        pytest.skip(f"no oracle interpreter at {python} (set SAM3_ORACLE_PYTHON; ../shared/tools/ref_env.sh makes one)")
-    probe = subprocess.run(
-        [python, "-I", "-c", "import skimage, sam3.model.sam1_task_predictor"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"{python} cannot import Meta's interactive predictor and skimage: {probe.stderr.strip()[-300:]}")
-    return python
-
-
 def run_ours(image: np.ndarray) -> tuple[dict[str, torch.Tensor], list[str]]:
     model = apply_runtime_policy(build_model("sam3"), eval_mode=True)
     names = []
@@ -132,7 +117,8 @@ def robust_scale(values: list[torch.Tensor]) -> float:
 
 @pytest.mark.slow
 def test_real_image_at_1008_matches_meta(tmp_path):
-    python = oracle_python()
+    require_heavy_oracle()
+    python = oracle_python("import skimage, sam3.model.sam1_task_predictor")
     image = natural_image()
     problem = tmp_path / "problem.pt"
     torch.save({"seed": SEED, "image": torch.from_numpy(image), "cases": CASES}, problem)

@@ -27,7 +27,7 @@ from sam3.model_builder import apply_runtime_policy, build_model, model_config
 from sam3.tools.export_weights import export_model, export_state_dict, main, released_name, save_released
 from sam3.tools.reference_forward import reference_forward
 from sam3.tools.seeded_init import read_manifest, seeded_tensor
-from tests.helpers import REFERENCE_DIR, REPO_ROOT
+from tests.helpers import REFERENCE_DIR, official_reference_script, oracle_python, require_heavy_oracle
 
 LAYOUT = REFERENCE_DIR / "sam3_checkpoint_layout_state_dict.tsv"
 NO_TRACKER = ["tracker=null", "backbone.vision_backbone.use_sam2_convs=false"]
@@ -138,25 +138,6 @@ def test_full_size_export_has_exactly_the_released_keys():
 
 
 # ------------------------------------------------------------------------------------------- slow: Meta
-def oracle_python() -> str:
-    """The oracle interpreter (env SAM3_ORACLE_PYTHON, else SAM3_REFERENCE_VENV/bin/python, else /tmp/refvenv), or skip."""
-    venv = os.environ.get("SAM3_REFERENCE_VENV", "/tmp/refvenv")
-    python = os.environ.get("SAM3_ORACLE_PYTHON", str(Path(venv) / "bin" / "python"))
-    if not Path(python).exists():
-        pytest.skip(f"no oracle interpreter at {python} (set SAM3_ORACLE_PYTHON; ../shared/tools/ref_env.sh makes one)")
-    probe = subprocess.run([python, "-I", "-c", "import sam3.model_builder, open_clip"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"{python} cannot import Meta's sam3 and open_clip: {probe.stderr.strip()[-300:]}")
-    return python
-
-
-def reference_script() -> Path:
-    script = REPO_ROOT.parent / "shared" / "tools" / "official_reference.py"
-    if not script.is_file():
-        pytest.skip(f"no {script} (the shared reference script)")
-    return script
-
-
 def seeded_full_model(seed: int):
     """The `sam3` preset with its tracker, every float tensor SEEDED_INIT_V1: image-model keys by their
     own names (the image recipe), the tracker and `sam2_convs` by released names (the tracker recipes)."""
@@ -172,7 +153,8 @@ def seeded_full_model(seed: int):
 
 @pytest.mark.slow
 def test_meta_builders_load_an_exported_fine_tune(tmp_path):
-    python, script = oracle_python(), reference_script()
+    require_heavy_oracle()
+    python, script = oracle_python("import sam3.model_builder, open_clip"), official_reference_script()
     timing = {}
     start = time.time()
     model = seeded_full_model(seed=1)  # not the seed of the stored outputs: nothing here is precomputed

@@ -61,9 +61,7 @@ def _rank_predicts(checkpoint, video_path):
 @pytest.mark.slow
 def test_two_ranks_decode_only_their_frames_and_predict_like_one(tmp_path):
     checkpoint, video = _checkpoint_and_video(tmp_path)
-    (decoded0, records0), (decoded1, records1) = run_on_local_ranks(
-        _rank_predicts, 2, checkpoint, video, timeout_s=300
-    )
+    (decoded0, records0), (decoded1, records1) = run_on_local_ranks(_rank_predicts, 2, checkpoint, video, timeout_s=300)
     assert (decoded0, decoded1) == (3, 2)  # frames 0, 2, 4 and 1, 3
     assert records1 == []
     decoded, single = _rank_predicts(checkpoint, video)
