@@ -32,11 +32,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
 from torch import nn
 
-from sam3.checkpoint import OFFICIAL_MODEL_PREFIX, load_state_dict, read_model_config, read_state_dict
-from sam3.model_builder import build_model, model_names
+from sam3.checkpoint import OFFICIAL_MODEL_PREFIX, load_state_dict, read_state_dict
+from sam3.model_builder import model_names
+from sam3.tools.predict import DEFAULT_MODEL, build_checkpoint_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ SAM2_CONVS_PREFIX = OFFICIAL_MODEL_PREFIX + "backbone.vision_backbone.sam2_convs
 SEG_HEAD_PREFIX = OFFICIAL_MODEL_PREFIX + "segmentation_head."
 # Parts of the released layout a model may be built without (then `--base` must supply them).
 REQUIRED_PARTS = (TRACKER_PREFIX, SAM2_CONVS_PREFIX, SEG_HEAD_PREFIX)
-DEFAULT_MODEL = "sam3"
 _MAX_LISTED = 10
 
 
@@ -130,20 +129,6 @@ def save_released(exported: Mapping[str, torch.Tensor], out: str | Path) -> Path
     return out
 
 
-def load_for_export(checkpoint: str | Path, name: str | None) -> nn.Module:
-    """Build the checkpoint's model and load it strictly (training checkpoints carry their config)."""
-    guessed = name is None and read_model_config(checkpoint) is None
-    try:
-        return build_model(DEFAULT_MODEL if guessed else name, checkpoint=checkpoint)
-    except (ValueError, InstantiationException) as error:  # hydra wraps the loader's ValueError
-        if not guessed:
-            raise
-        raise ValueError(
-            f"{checkpoint} carries no model config and does not fit the default preset {DEFAULT_MODEL!r}; "
-            f"pass --model with the preset it was trained with ({', '.join(model_names())})"
-        ) from error
-
-
 def _listed(items: list[str]) -> str:
     return ", ".join(items[:_MAX_LISTED]) + (" ..." if len(items) > _MAX_LISTED else "")
 
@@ -168,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    model = load_for_export(args.checkpoint, args.model)
+    model = build_checkpoint_model(args.checkpoint, args.model)
     base = None
     if args.base is not None:
         base, wrapped = read_state_dict(args.base)

@@ -37,6 +37,21 @@ DEFAULT_MODEL = "sam3"
 COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
 
 
+def build_checkpoint_model(checkpoint: str | Path, name: str | None) -> Sam3Image:
+    """The checkpoint's model, loaded strictly: preset `name`, else the config a training checkpoint
+    carries, else `DEFAULT_MODEL` (an error that asks for `--model` when the weights do not fit it)."""
+    guessed = name is None and read_model_config(checkpoint) is None
+    try:
+        return build_model(DEFAULT_MODEL if guessed else name, checkpoint=checkpoint)
+    except (ValueError, InstantiationException) as error:  # hydra wraps the loader's ValueError
+        if not guessed:
+            raise
+        raise ValueError(
+            f"{checkpoint} carries no model config and does not fit the default preset {DEFAULT_MODEL!r}; "
+            f"pass --model with the preset it was trained with ({', '.join(model_names())})"
+        ) from error
+
+
 def load_model(checkpoint: Path, name: str | None, device: torch.device) -> tuple[Sam3Image, int]:
     """The checkpoint's model in eval mode and its square input size.
 
@@ -45,17 +60,7 @@ def load_model(checkpoint: Path, name: str | None, device: torch.device) -> tupl
         name: model preset; None takes the config stored in a training checkpoint, else `DEFAULT_MODEL`.
         device: where the model goes.
     """
-    guessed = name is None and read_model_config(checkpoint) is None
-    try:
-        model = build_model(DEFAULT_MODEL if guessed else name, checkpoint=checkpoint)
-    except (ValueError, InstantiationException) as error:  # hydra wraps the loader's ValueError
-        if not guessed:
-            raise
-        raise ValueError(
-            f"{checkpoint} carries no model config and does not fit the default preset {DEFAULT_MODEL!r}; "
-            f"pass --model with the preset it was trained with ({', '.join(model_names())})"
-        ) from error
-    model = apply_runtime_policy(model, eval_mode=True)
+    model = apply_runtime_policy(build_checkpoint_model(checkpoint, name), eval_mode=True)
     return model.to(device), model.backbone.vision_backbone.trunk.img_size
 
 
