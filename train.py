@@ -29,6 +29,15 @@ from sam3.train.entry import check_config, run
 from sam3.train.signals import EXIT_CHECKPOINTED, StopOnSignal
 
 
+def _exit_now(status: int) -> None:
+    """Flushes the logs and ends the process with `status`, skipping interpreter clean-up."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
 def main(cfg: DictConfig) -> Any:
     try:
@@ -48,16 +57,18 @@ def main(cfg: DictConfig) -> Any:
     try:
         with StopOnSignal() as stop:
             summary = run(cfg, on_trainer=stop.attach)
+            if summary.get("interrupted"):
+                # Still inside the handler's scope: a launcher that signals this rank again while it
+                # exits (torchrun stops the others once one rank has exited) cannot change the status.
+                log.warning(
+                    "stopped on a signal at step %d (checkpoint saved): exit %d", summary["step"], EXIT_CHECKPOINTED
+                )
+                _exit_now(EXIT_CHECKPOINTED)
     except Exception:
         if not is_distributed():
             raise  # one process: Hydra prints the error as usual
         log.exception("this rank failed; exiting with status 1 without clean-up")
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os._exit(1)
-    if summary.get("interrupted"):
-        log.warning("stopped on a signal at step %d (checkpoint saved): exit %d", summary["step"], EXIT_CHECKPOINTED)
-        sys.exit(EXIT_CHECKPOINTED)
+        _exit_now(1)
     log.info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
 
 
