@@ -182,11 +182,8 @@ def run(cfg: DictConfig, on_trainer: Callable[[Trainer], None] | None = None) ->
 def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
     """Instantiates frame group, model, criterion, data and evaluation from `cfg` (process group ready)."""
     config = _section(cfg, "trainer", TrainerConfig)
-    runtime = _section(cfg, "runtime", RuntimeConfig)
     group = build_frame_group(_section(cfg, "distributed", DistributedConfig).frame_group_size)
-    _seed_everything(int(cfg.seed))  # the same initial weights on every rank
-    model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
-    model = apply_runtime_policy(model, act_checkpoint=runtime.act_checkpoint, compile=runtime.compile).to(device)
+    model = build_model(cfg, device)
     _seed_everything(int(cfg.seed) + group.rank)  # distinct dropout / drop-path streams per rank
     criterion = instantiate(cfg.loss).to(device)
     optim = instantiate(cfg.optim.optimizer, _convert_="all")
@@ -213,6 +210,15 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         max_bad_samples=max_bad_samples,
         bad_records=bad_records,
     )
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The video model of a run config, as training runs it: weights loaded, runtime policy applied,
+    on `device`. Seeded with `cfg.seed`, so every rank builds the same initial weights."""
+    runtime = _section(cfg, "runtime", RuntimeConfig)
+    _seed_everything(int(cfg.seed))
+    model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
+    return apply_runtime_policy(model, act_checkpoint=runtime.act_checkpoint, compile=runtime.compile).to(device)
 
 
 def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
