@@ -139,9 +139,10 @@ def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
         has_inst = s.is_visible.shape[1] > 0  # gathering from an empty instance axis is undefined
         clip_visible = s.is_visible[:, safe] & valid if has_inst else valid.expand(num_local, -1, -1)
         clip_boxes = s.boxes_cxcywh[:, safe] if has_inst else torch.zeros(num_local, num_prompts, max_inst, 4)
-        boxes.append((clip_boxes * clip_visible[..., None]).reshape(-1, max_inst, 4))  # (F*P, Nmax, 4)
-        visible.append(clip_visible.reshape(-1, max_inst))
-        object_ids.append(inst_idx.expand(num_local, -1, -1).reshape(-1, max_inst))
+        local_pairs = num_local * num_prompts  # explicit: Nmax may be 0 (every prompt a negative)
+        boxes.append((clip_boxes * clip_visible[..., None]).reshape(local_pairs, max_inst, 4))
+        visible.append(clip_visible.reshape(local_pairs, max_inst))
+        object_ids.append(inst_idx.expand(num_local, -1, -1).reshape(local_pairs, max_inst))
         if has_masks:
             clip_masks.append((s.masks, inst_idx))
         lengths = torch.tensor([len(inst) for inst in s.prompt_instances], dtype=torch.int64)
