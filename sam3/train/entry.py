@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_HINTS = {
     "paths.checkpoint": "the starting weights, e.g. paths.checkpoint=/path/to/sam3.pt",
     "paths.dataset_root": "the folder of your annotation files, e.g. paths.dataset_root=/data/my_videos",
+    "paths.image_root": "the COCO image export (train/, valid/), e.g. paths.image_root=/data/my_roboflow_export",
 }
 # The top level of a run config (configs/base.yaml and the experiments); anything else is a typo.
 TOP_LEVEL_KEYS = (
