@@ -10,31 +10,35 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.train.entry import build_trainer
 from tests.helpers import tiny_run_config
 
 METRIC = "video_mask_mAP_50_95"
 
 
-@pytest.mark.timeout(600)
-def test_a_mixed_run_trains_and_reports_each_validation_dataset(tmp_path, shapes_root, roboflow_root):
-    run_dir = tmp_path / "mixed"
-    cfg = tiny_run_config(
+def _mixed_config(run_dir, shapes_root, roboflow_root, *overrides):
+    """roboflow_mixed_ft with the tiny model: the shapes videos and the COCO images, weighted 1:3."""
+    return tiny_run_config(
         run_dir,
         shapes_root,
         "paths.checkpoint=null",
         f"paths.image_root={roboflow_root}",
-        "paths.val_annotations=val/annotations.json",
         "runtime.act_checkpoint=false",
         "data.num_workers=0",
         "data.clips_per_batch=2",
         "data.train.datasets.images.weight=3.0",
-        "trainer.max_steps=2",
-        "trainer.checkpoint_every=2",
+        "trainer.checkpoint_every=0",
         "trainer.eval_every=0",
-        "eval.max_videos=2",
+        *overrides,
         config_name="roboflow_mixed_ft",
     )
+
+
+@pytest.mark.timeout(600)
+def test_a_mixed_run_trains_and_reports_each_validation_dataset(tmp_path, shapes_root, roboflow_root):
+    run_dir = tmp_path / "mixed"
+    cfg = _mixed_config(run_dir, shapes_root, roboflow_root, "trainer.max_steps=2", "eval.max_videos=2")
     trainer = build_trainer(cfg, torch.device("cpu"))
     dataset = trainer.train_loader.dataset
     assert dataset.slot_counts() == {"videos": 2, "images": 7}  # 6 videos + 3 images, weights 1:3
@@ -54,3 +58,33 @@ def test_a_mixed_run_trains_and_reports_each_validation_dataset(tmp_path, shapes
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert {f"val/videos/{METRIC}", f"val/images/{METRIC}"} <= set(events.Tags()["scalars"])
+
+
+def _two_rank_mixed_run(run_dir, shapes_root, roboflow_root):
+    cfg = _mixed_config(run_dir, shapes_root, roboflow_root, "trainer.max_steps=4", "eval.max_videos=1")
+    trainer = build_trainer(cfg, torch.device("cpu"))
+    dataset, sampler = trainer.train_loader.dataset, trainer.train_loader.sampler
+    sources = [dataset.source((0, slot))[0] for slot in sampler.group_share(0)[:8]]
+    local_frames = []
+    batches = iter(trainer.train_loader)
+    for _ in range(4):
+        batch = next(batches)
+        local_frames.append((len(batch.images), batch.num_frames.tolist()))
+    summary = trainer.run()
+    return sources, local_frames, summary["step"], sorted(summary["metrics"].get(4, {}))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_images_and_video_clips_share_a_frame_group_of_two_ranks(tmp_path, shapes_root, roboflow_root):
+    """An image clip's one frame is on group rank 0 only: rank 1 holds fewer frames, or none in a batch of
+    two images, and the ranks still train and validate in step."""
+    results = run_on_local_ranks(_two_rank_mixed_run, 2, tmp_path / "ddp", shapes_root, roboflow_root, timeout_s=500)
+    (sources, frames0, step0, keys0), (sources1, frames1, step1, keys1) = results
+    assert sources == sources1 and (step0, step1) == (4, 4)
+    pairs = [sources[i : i + 2] for i in range(0, 8, 2)]
+    assert ["images", "images"] in pairs and any("videos" in p and "images" in p for p in pairs), pairs
+    for (n0, lengths0), (n1, lengths1), pair in zip(frames0, frames1, pairs, strict=True):
+        assert lengths0 == lengths1 == [2 if name == "videos" else 1 for name in pair]
+        assert n0 == len(lengths0) and n1 == lengths0.count(2)  # rank 1: frame 1 of each video clip only
+    assert {f"videos/{METRIC}", f"images/{METRIC}"} <= set(keys0) and keys1 == []
