@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sam3.data.index import DataError
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.train.entry import build_trainer
 from tests.helpers import tiny_run_config
 
 METRIC = "video_mask_mAP_50_95"
+CPU = torch.device("cpu")
 
 
-def _mixed_config(run_dir, shapes_root, roboflow_root, *overrides):
-    """roboflow_mixed_ft with the tiny model: the shapes videos and the COCO images, weighted 1:3."""
+def _mixed_config(run_dir, shapes_root, *overrides):
+    """roboflow_mixed_ft with the tiny model: the shapes videos and the COCO images (`paths.image_root=`
+    among `overrides`), weighted 1:3."""
     return tiny_run_config(
         run_dir,
         shapes_root,
         "paths.checkpoint=null",
-        f"paths.image_root={roboflow_root}",
         "runtime.act_checkpoint=false",
         "data.num_workers=0",
         "data.clips_per_batch=2",
@@ -38,8 +41,10 @@ def _mixed_config(run_dir, shapes_root, roboflow_root, *overrides):
 @pytest.mark.timeout(600)
 def test_a_mixed_run_trains_and_reports_each_validation_dataset(tmp_path, shapes_root, roboflow_root):
     run_dir = tmp_path / "mixed"
-    cfg = _mixed_config(run_dir, shapes_root, roboflow_root, "trainer.max_steps=2", "eval.max_videos=2")
-    trainer = build_trainer(cfg, torch.device("cpu"))
+    cfg = _mixed_config(
+        run_dir, shapes_root, f"paths.image_root={roboflow_root}", "trainer.max_steps=2", "eval.max_videos=2"
+    )
+    trainer = build_trainer(cfg, CPU)
     dataset = trainer.train_loader.dataset
     assert dataset.slot_counts() == {"videos": 2, "images": 7}  # 6 videos + 3 images, weights 1:3
     drawn = [dataset.source((0, slot))[0] for slot in trainer.train_loader.sampler.group_share(0)[:4]]
@@ -61,8 +66,10 @@ def test_a_mixed_run_trains_and_reports_each_validation_dataset(tmp_path, shapes
 
 
 def _two_rank_mixed_run(run_dir, shapes_root, roboflow_root):
-    cfg = _mixed_config(run_dir, shapes_root, roboflow_root, "trainer.max_steps=4", "eval.max_videos=1")
-    trainer = build_trainer(cfg, torch.device("cpu"))
+    cfg = _mixed_config(
+        run_dir, shapes_root, f"paths.image_root={roboflow_root}", "trainer.max_steps=4", "eval.max_videos=1"
+    )
+    trainer = build_trainer(cfg, CPU)
     dataset, sampler = trainer.train_loader.dataset, trainer.train_loader.sampler
     sources = [dataset.source((0, slot))[0] for slot in sampler.group_share(0)[:8]]
     local_frames = []
@@ -88,3 +95,19 @@ def test_images_and_video_clips_share_a_frame_group_of_two_ranks(tmp_path, shape
         assert lengths0 == lengths1 == [2 if name == "videos" else 1 for name in pair]
         assert n0 == len(lengths0) and n1 == lengths0.count(2)  # rank 1: frame 1 of each video clip only
     assert {f"videos/{METRIC}", f"images/{METRIC}"} <= set(keys0) and keys1 == []
+
+
+def test_bad_records_of_every_dataset_count_against_one_limit(tmp_path, shapes_root, roboflow_root):
+    images = tmp_path / "images"
+    shutil.copytree(roboflow_root, images)
+    path = images / "train" / "_annotations.coco.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 9
+    path.write_text(json.dumps(data))
+    overrides = (f"paths.image_root={images}", "trainer.max_steps=1")
+    trainer = build_trainer(_mixed_config(tmp_path / "one", shapes_root, *overrides, "data.max_bad_samples=1"), CPU)
+    assert trainer.bad_records == 1
+    data["annotations"][1]["category_id"] = 9
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"annotation 1: field 'category_id'.*2 bad records.*max_bad_samples=1"):
+        build_trainer(_mixed_config(tmp_path / "two", shapes_root, *overrides, "data.max_bad_samples=1"), CPU)
