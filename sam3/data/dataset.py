@@ -117,8 +117,9 @@ class VideoGroundingDataset(Dataset):
         return self.load_clip(key)
 
     def load_clip(self, key: ClipKey, draw: int = 0) -> ClipSample | BadClip:
-        """Clip `key` = (epoch, clip index); `draw` > 0 gives a repeat of the clip within the epoch its own
-        random stream (`clip_rng`): other frames, prompts and augmentation."""
+        """Clip `key` = (epoch, clip index), its randomness from the stream `clip_rng(seed, epoch, clip index,
+        draw)`; another `draw` (`sam3.data.mixed`: a repeat within the epoch) gives other frames, prompts
+        and augmentation."""
         try:
             return self._load(key, draw)
         except DataError as e:

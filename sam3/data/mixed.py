@@ -3,8 +3,9 @@
 An epoch of a `MixedDataset` is `epoch_size` clip slots. Slot s of epoch e comes from one member dataset:
 member m gets round(epoch_size * w_m / sum(w)) slots (largest remainders settle the rounding), the slots
 are shuffled, and member m's k-th slot takes its clip at position k of a per-round permutation of its
-clips. A member drawn more often than it has clips starts another round; the repeat then loads with its
-own random stream (`draw` = round, see `clip_rng`), so it gets other frames, prompts and augmentation.
+clips. A member drawn more often than it has clips starts another round. Each (member, round) loads its
+clips with its own random stream (`draw` = round * members + member, see `clip_rng`): a repeat gets other
+frames, prompts and augmentation, and clip k of one member is not augmented like clip k of another.
 The whole plan is a pure function of (seed, epoch): every rank of a frame group resolves a slot to the
 same clip, and `FrameGroupSampler` (which permutes and splits the slots) resumes it exactly.
 
@@ -87,8 +88,8 @@ class MixedDataset(Dataset):
         return dict(zip(self.names, counts, strict=True))
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per slot of `epoch`: member position in `names`, clip index in that member, draw (round); each
-        (S,) int64. The last epoch's plan is kept (each DataLoader worker computes its own)."""
+        """Per slot of `epoch`: member position in `names`, clip index in that member, round; each (S,)
+        int64. The last epoch's plan is kept (each DataLoader worker computes its own)."""
         if self._cached_plan is None or self._cached_plan[0] != epoch:
             self._cached_plan = (epoch, self._plan(epoch))
         return self._cached_plan[1]
@@ -99,18 +100,18 @@ class MixedDataset(Dataset):
         member = np.concatenate([np.full(counts[name], m, dtype=np.int64) for m, name in enumerate(self.names)])
         member = member[rng.permutation(self.epoch_size)]  # (S,)
         clip = np.zeros(self.epoch_size, dtype=np.int64)  # (S,)
-        draw = np.zeros(self.epoch_size, dtype=np.int64)  # (S,)
+        round_idx = np.zeros(self.epoch_size, dtype=np.int64)  # (S,)
         for m, name in enumerate(self.names):
             slots = np.flatnonzero(member == m)
             num_clips = len(self.datasets[name])
             num_rounds = -(-len(slots) // num_clips)
             order = np.concatenate([rng.permutation(num_clips) for _ in range(num_rounds)] or [np.zeros(0, np.int64)])
             clip[slots] = order[: len(slots)]
-            draw[slots] = np.arange(len(slots)) // num_clips
-        return member, clip, draw
+            round_idx[slots] = np.arange(len(slots)) // num_clips
+        return member, clip, round_idx
 
     def source(self, key: ClipKey) -> tuple[str, int, int]:
-        """(member name, clip index in the member, draw) of slot `key` = (epoch, slot)."""
+        """(member name, clip index in the member, round) of slot `key` = (epoch, slot)."""
         epoch, slot = key
         if not 0 <= slot < self.epoch_size:
             raise IndexError(f"slot {slot} out of range for an epoch of {self.epoch_size} clips")
@@ -118,7 +119,8 @@ class MixedDataset(Dataset):
         return self.names[int(member[slot])], int(clip[slot]), int(draw[slot])
 
     def __getitem__(self, key: ClipKey) -> ClipSample | BadClip:
-        name, clip_idx, draw = self.source(key)
+        name, clip_idx, round_idx = self.source(key)
+        draw = round_idx * len(self.names) + self.names.index(name)
         sample = self.datasets[name].load_clip((key[0], clip_idx), draw=draw)
         clip_id = (name, *key)
         if isinstance(sample, BadClip):

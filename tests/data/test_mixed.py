@@ -90,9 +90,9 @@ def test_datasets_are_drawn_in_proportion_to_their_weights(shapes_dir, roboflow_
         assert Counter(name for name, _, _ in sources) == {"shapes": 20, "parts": 10}
         # 20 draws of 6 shapes clips: every clip in rounds 0-2, two in round 3; 10 of 3 images likewise
         for name, num_clips, draws in (("shapes", 6, 20), ("parts", 3, 10)):
-            mine = [(clip, draw) for n, clip, draw in sources if n == name]
+            mine = [(clip, round_idx) for n, clip, round_idx in sources if n == name]
             assert len(set(mine)) == draws and {clip for clip, _ in mine} == set(range(num_clips))
-            assert Counter(draw for _, draw in mine) == Counter(k // num_clips for k in range(draws))
+            assert Counter(round_idx for _, round_idx in mine) == Counter(k // num_clips for k in range(draws))
     assert mixed.plan(0)[0].tolist() != mixed.plan(1)[0].tolist()  # a new order every epoch
     assert _mixed(shapes_dir, roboflow_root, weights=(1.0, 3.0)).slot_counts() == {"shapes": 2, "parts": 7}
     assert _mixed(shapes_dir, roboflow_root, weights=(1.0, 0.0)).slot_counts() == {"shapes": 9, "parts": 0}
