@@ -250,16 +250,18 @@ def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
 def build_evaluate(cfg: DictConfig, group: FrameGroup, device: torch.device):
     """`evaluate(model, step)` on the validation split, writing predictions under the run directory.
 
-    `data.val` is one dataset config, or a mapping of names to dataset configs: each is then evaluated
-    and its metrics come back as `NAME/METRIC` (logged as `val/NAME/METRIC`), predictions in `eval/NAME/`.
+    `data.val` is one dataset config, or a mapping of names to dataset configs (null ones left out): each
+    is then evaluated and its metrics come back as `NAME/METRIC` (logged as `val/NAME/METRIC`), predictions
+    in `eval/NAME/`.
     """
     rank_args = {"group_size": group.group_size, "group_rank": group.group_rank, "_convert_": "all"}
     if "_target_" in cfg.data.val:
         datasets = {"": instantiate(cfg.data.val, **rank_args)}
     else:
-        datasets = {str(name): instantiate(node, **rank_args) for name, node in cfg.data.val.items()}
+        named = {str(name): node for name, node in cfg.data.val.items() if node is not None}  # NAME=null: left out
+        datasets = {name: instantiate(node, **rank_args) for name, node in named.items()}
         if not datasets:
-            raise ValueError("data.val is an empty mapping: give a dataset config or named dataset configs (or null)")
+            raise ValueError("data.val names no dataset: give a dataset config or named dataset configs (or null)")
     return partial(
         _evaluate_at_step,
         evaluate=evaluate,
