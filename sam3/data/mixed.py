@@ -161,7 +161,7 @@ def build_mixed_dataset(
     `sam3.train.entry` builds each member for this rank first).
 
     Args:
-        datasets: per name the built dataset and its weight (default 1.0).
+        datasets: per name the built dataset and its weight (default 1.0), or None to leave it out.
         seed: the plan's seed.
         epoch_size: clip slots per epoch; None = the members' clips together.
         prompts: the prompt rules of every member (replacing their own); None = each member's own.
@@ -172,6 +172,8 @@ def build_mixed_dataset(
     """
     built, weights = {}, {}
     for name, entry in datasets.items():
+        if entry is None:  # NAME=null on the command line leaves a dataset out
+            continue
         unknown = set(entry) - {"dataset", "weight"}
         if "dataset" not in entry or unknown:
             raise ValueError(

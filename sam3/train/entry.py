@@ -229,7 +229,8 @@ def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
     reporting = {"on_bad_sample": "report", "on_error": "skip"} if _max_bad_samples(cfg) > 0 else {}
     rank_args = {"group_size": group.group_size, "group_rank": group.group_rank, **reporting}
     if "datasets" in cfg.data.train:  # a mixed dataset (sam3.data.mixed): each member is built for this rank
-        rank_args = {"datasets": {name: {"dataset": rank_args} for name in cfg.data.train.datasets}}
+        members = [name for name, entry in cfg.data.train.datasets.items() if entry is not None]
+        rank_args = {"datasets": {name: {"dataset": rank_args} for name in members}}
     dataset = instantiate(cfg.data.train, **rank_args, _convert_="all")
     sampler = FrameGroupSampler(
         len(dataset), num_groups=group.num_groups, group_idx=group.group_idx, shuffle=True, seed=int(cfg.seed)

@@ -113,8 +113,9 @@ def test_bad_records_of_every_dataset_count_against_one_limit(tmp_path, shapes_r
         build_trainer(_mixed_config(tmp_path / "two", shapes_root, *overrides, "data.max_bad_samples=1"), CPU)
 
 
-def test_a_validation_dataset_set_to_null_is_left_out(tmp_path, shapes_root, roboflow_root):
-    cfg = _mixed_config(tmp_path / "run", shapes_root, f"paths.image_root={roboflow_root}", "data.val.videos=null")
-    trainer = build_trainer(cfg, CPU)
+def test_a_dataset_set_to_null_is_left_out(tmp_path, shapes_root, roboflow_root):
+    overrides = (f"paths.image_root={roboflow_root}", "data.val.videos=null", "data.train.datasets.images=null")
+    trainer = build_trainer(_mixed_config(tmp_path / "run", shapes_root, *overrides), CPU)
+    assert trainer.train_loader.dataset.names == ["videos"]
     metrics = trainer.evaluate_fn(trainer.model, 0)
     assert metrics and {key.split("/")[0] for key in metrics} == {"images"}
