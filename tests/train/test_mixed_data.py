@@ -1,5 +1,6 @@
-"""A run on mixed data through the real entry point: shapes videos and a Roboflow COCO export, sampled by
-weight, each validated on its own (`val/NAME/METRIC` in stats.jsonl and TensorBoard)."""
+"""Runs on mixed data through the real entry point: shapes videos and a Roboflow COCO export, sampled by
+weight, each validated on its own (`val/NAME/METRIC` in stats.jsonl and TensorBoard); two ranks sharing
+image and video clips, exact resume, bad records of every dataset against one limit, datasets left out."""
 
 from __future__ import annotations
 
