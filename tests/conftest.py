@@ -1,4 +1,5 @@
-"""Fixtures for the whole suite (reference data, a generated shapes dataset) and the `gpu` marker's skip."""
+"""Fixtures for the whole suite (reference data, generated shapes videos, a Roboflow-style COCO export) and
+the `gpu` marker's skip."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from sam3.data.synthetic import generate_dataset
-from tests.helpers import REFERENCE_DIR
+from tests.helpers import REFERENCE_DIR, write_roboflow_export
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -44,4 +45,12 @@ def shapes_root(tmp_path_factory) -> Path:
     """Six generated shapes videos (four for training, two for validation), 4 frames of 64 px."""
     root = tmp_path_factory.mktemp("shapes")
     generate_dataset(root, num_videos=6, num_frames=4, image_size=64, seed=0, num_val_videos=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def roboflow_root(tmp_path_factory) -> Path:
+    """A Roboflow-style COCO export (train/, valid/, test/ with `_annotations.coco.json`), 3 images each."""
+    root = tmp_path_factory.mktemp("roboflow")
+    write_roboflow_export(root)
     return root

@@ -6,6 +6,7 @@ Fixtures stay in the `conftest.py` files; test modules import plain functions an
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -155,3 +156,65 @@ def require_heavy_oracle() -> None:
     """Full-size comparisons with Meta's model take minutes and ~8 GB per process: opt-in."""
     if os.environ.get(HEAVY_ORACLE_ENV) != "1":
         pytest.skip(f"full-size oracle comparison (minutes, ~8 GB RAM, GBs of temp disk): set {HEAVY_ORACLE_ENV}=1")
+
+
+# ------------------------------------------------------------------- a Roboflow-style COCO image export
+ROBOFLOW_SPLITS = ("train", "valid", "test")
+ROBOFLOW_CATEGORIES = [  # category 0 only names the supercategory, as Roboflow writes it
+    {"id": 0, "name": "hardware", "supercategory": "none"},
+    {"id": 1, "name": "bolt", "supercategory": "hardware"},
+    {"id": 2, "name": "nut", "supercategory": "hardware"},
+]
+
+
+def write_roboflow_export(root: Path, num_images: int = 3, size: int = 64, seed: int = 0) -> dict[int, np.ndarray]:
+    """Writes `root/{train,valid,test}/` with JPEG images and `_annotations.coco.json` beside them.
+
+    Every image has a blue "bolt" rectangle (a polygon); odd images also a red "nut" disc (an RLE), so
+    even images are negatives for "nut". Returns each annotation id's (size, size) bool mask.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    masks: dict[int, np.ndarray] = {}
+    ann_id = 1
+    yy, xx = np.mgrid[:size, :size]
+    for split in ROBOFLOW_SPLITS:
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(num_images):
+            pixels = np.full((size, size, 3), 128, dtype=np.uint8)
+            x0, y0 = (int(v) for v in rng.integers(2, size // 2 - 4, size=2))
+            w, h = (int(v) for v in rng.integers(8, size // 2, size=2))
+            bolt = (xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)
+            polygon = [x0, y0, x0 + w, y0, x0 + w, y0 + h, x0, y0 + h]
+            shapes = [(1, bolt, [polygon], (40, 80, 235))]
+            if i % 2:
+                cx, cy, r = size * 3 // 4, size * 3 // 4, size // 8
+                nut = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+                shapes.append((2, nut & ~bolt, encode(nut & ~bolt), (225, 30, 30)))
+            for category_id, mask, segmentation, color in shapes:
+                pixels[mask] = color
+                ys, xs = np.nonzero(mask)
+                box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": i,
+                        "category_id": category_id,
+                        "bbox": box,
+                        "area": int(mask.sum()),
+                        "segmentation": segmentation,
+                        "iscrowd": 0,
+                    }
+                )
+                masks[ann_id] = mask
+                ann_id += 1
+            name = f"img{i}_jpg.rf.{split}{i}.jpg"
+            Image.fromarray(pixels).save(folder / name, quality=95)
+            images.append({"id": i, "file_name": name, "height": size, "width": size})
+        data = {"info": {"description": "roboflow-style"}, "categories": ROBOFLOW_CATEGORIES, "images": images}
+        data["annotations"] = annotations
+        (folder / "_annotations.coco.json").write_text(json.dumps(data))
+    return masks

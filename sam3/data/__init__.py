@@ -2,5 +2,5 @@
 
 Modules: `index` (the in-memory index and `DataError`), `readers` (SA-Co/VEval, YouTube-VIS, COCO),
 `frames` (decoding), `sampler` (frame ownership, clip sampling, distributed samplers), `transforms`,
-`prompts`, `dataset`, `collate`, `synthetic` (the shapes dataset CLI) and `inspect` (validator CLI).
+`prompts`, `dataset`, `mixed` (several datasets by weight), `collate`, `synthetic` (the shapes dataset CLI) and `inspect` (validator CLI).
 """

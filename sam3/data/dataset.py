@@ -103,6 +103,8 @@ class VideoGroundingDataset(Dataset):
         self.seed = seed
         self.load_masks = load_masks
         self.on_bad_sample = on_bad_sample
+        # the pool of `prompts.num_sampled_negatives`; `sam3.data.mixed` may widen it to every dataset's phrases
+        self.negative_phrases = list(index.phrases)
 
     def __len__(self) -> int:
         return len(self.index) * (self.clip_sampling.clips_per_video if self.train else 1)
@@ -112,19 +114,25 @@ class VideoGroundingDataset(Dataset):
         return clip_idx // self.clip_sampling.clips_per_video if self.train else clip_idx
 
     def __getitem__(self, key: ClipKey) -> ClipSample | BadClip:
+        return self.load_clip(key)
+
+    def load_clip(self, key: ClipKey, draw: int = 0) -> ClipSample | BadClip:
+        """Clip `key` = (epoch, clip index), its randomness from the stream `clip_rng(seed, epoch, clip index,
+        draw)`; another `draw` (`sam3.data.mixed`: a repeat within the epoch) gives other frames, prompts
+        and augmentation."""
         try:
-            return self._load(key)
+            return self._load(key, draw)
         except DataError as e:
             if self.on_bad_sample == "raise":
                 raise
             video = self.index.videos[self.video_position(key[1])]
             return BadClip.from_error(e, clip_id=key, video_id=video.video_id)
 
-    def _load(self, key: ClipKey) -> ClipSample:
+    def _load(self, key: ClipKey, draw: int) -> ClipSample:
         epoch, clip_idx = key
         if not 0 <= clip_idx < len(self):
             raise IndexError(f"clip index {clip_idx} out of range for {len(self)} clips")
-        rng = clip_rng(self.seed, epoch, clip_idx)
+        rng = clip_rng(self.seed, epoch, clip_idx, draw)
         pos = self.video_position(clip_idx)
         video, masklets = self.index.videos[pos], self.index.masklets[pos]
         if self.train:
@@ -132,7 +140,7 @@ class VideoGroundingDataset(Dataset):
             frames = sample_clip_frames(video.length, cfg.num_frames, cfg.stride_range, cfg.reverse_prob, rng)
         else:
             frames = list(range(video.length))
-        prompts = select_prompts(self.index.pairs[pos], masklets, frames, self.prompts, rng, self.index.phrases)
+        prompts = select_prompts(self.index.pairs[pos], masklets, frames, self.prompts, rng, self.negative_phrases)
         instances = [masklets[i] for prompt in prompts for i in prompt.masklets]
         prompt_instances, start = [], 0
         for prompt in prompts:

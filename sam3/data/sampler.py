@@ -18,9 +18,10 @@ from torch.utils.data import Sampler
 ClipKey = tuple[int, int]  # (epoch, clip index): what the samplers yield and the dataset takes
 
 
-def clip_rng(seed: int, epoch: int, clip_idx: int) -> np.random.Generator:
-    """The random stream of one clip: a pure function of (seed, epoch, clip index)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch, clip_idx]))
+def clip_rng(seed: int, epoch: int, clip_idx: int, draw: int = 0) -> np.random.Generator:
+    """The random stream of one clip: a pure function of (seed, epoch, clip index) and of the draw, which
+    `sam3.data.mixed` varies per dataset and repeat; draw 0 is the stream of (seed, epoch, clip index)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, clip_idx, *([draw] if draw else [])]))
 
 
 def sample_clip_frames(

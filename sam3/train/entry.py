@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_HINTS = {
     "paths.checkpoint": "the starting weights, e.g. paths.checkpoint=/path/to/sam3.pt",
     "paths.dataset_root": "the folder of your annotation files, e.g. paths.dataset_root=/data/my_videos",
+    "paths.image_root": "the COCO image export (train/, valid/), e.g. paths.image_root=/data/my_roboflow_export",
 }
 # The top level of a run config (configs/base.yaml and the experiments); anything else is a typo.
 TOP_LEVEL_KEYS = (
@@ -226,9 +227,11 @@ def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
     `data.max_bad_samples` > 0 the dataset skips bad annotation records (`on_error="skip"`) and reports
     clips it cannot load instead of raising; both count against the limit."""
     reporting = {"on_bad_sample": "report", "on_error": "skip"} if _max_bad_samples(cfg) > 0 else {}
-    dataset = instantiate(
-        cfg.data.train, group_size=group.group_size, group_rank=group.group_rank, **reporting, _convert_="all"
-    )
+    rank_args = {"group_size": group.group_size, "group_rank": group.group_rank, **reporting}
+    if "datasets" in cfg.data.train:  # a mixed dataset (sam3.data.mixed): each member is built for this rank
+        members = [name for name, entry in cfg.data.train.datasets.items() if entry is not None]
+        rank_args = {"datasets": {name: {"dataset": rank_args} for name in members}}
+    dataset = instantiate(cfg.data.train, **rank_args, _convert_="all")
     sampler = FrameGroupSampler(
         len(dataset), num_groups=group.num_groups, group_idx=group.group_idx, shuffle=True, seed=int(cfg.seed)
     )
@@ -246,12 +249,24 @@ def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:
 
 
 def build_evaluate(cfg: DictConfig, group: FrameGroup, device: torch.device):
-    """`evaluate(model, step)` on the validation split, writing predictions under the run directory."""
-    dataset = instantiate(cfg.data.val, group_size=group.group_size, group_rank=group.group_rank, _convert_="all")
+    """`evaluate(model, step)` on the validation split, writing predictions under the run directory.
+
+    `data.val` is one dataset config, or a mapping of names to dataset configs (null ones left out): each
+    is then evaluated and its metrics come back as `NAME/METRIC` (logged as `val/NAME/METRIC`), predictions
+    in `eval/NAME/`.
+    """
+    rank_args = {"group_size": group.group_size, "group_rank": group.group_rank, "_convert_": "all"}
+    if "_target_" in cfg.data.val:
+        datasets = {"": instantiate(cfg.data.val, **rank_args)}
+    else:
+        named = {str(name): node for name, node in cfg.data.val.items() if node is not None}  # NAME=null: left out
+        datasets = {name: instantiate(node, **rank_args) for name, node in named.items()}
+        if not datasets:
+            raise ValueError("data.val names no dataset: give a dataset config or named dataset configs (or null)")
     return partial(
         _evaluate_at_step,
         evaluate=evaluate,
-        dataset=dataset,
+        datasets=datasets,
         group=group,
         device=device,
         out_dir=Path(cfg.run_dir) / "eval",
@@ -266,22 +281,27 @@ def write_configs(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _evaluate_at_step(model, step, *, evaluate, dataset, group, device, out_dir, eval_cfg: EvalSection):
-    return evaluate(
-        model,
-        dataset,
-        group,
-        out_path=out_dir / f"predictions_step{step:08d}.json",
-        device=device,
-        score_thresh=eval_cfg.score_thresh,
-        config=eval_cfg.selection,
-        linking=eval_cfg.linking,
-        max_videos=eval_cfg.max_videos,
-        async_gather=eval_cfg.async_gather,
-        gather_backbone_out=eval_cfg.gather_backbone_out,
-        mode=eval_cfg.mode,
-        track=eval_cfg.track,
-    )
+def _evaluate_at_step(model, step, *, evaluate, datasets, group, device, out_dir, eval_cfg: EvalSection):
+    """Metrics of every validation dataset; a named one's keys (and predictions folder) carry its name."""
+    metrics = {}
+    for name, dataset in datasets.items():
+        results = evaluate(
+            model,
+            dataset,
+            group,
+            out_path=(out_dir / name if name else out_dir) / f"predictions_step{step:08d}.json",
+            device=device,
+            score_thresh=eval_cfg.score_thresh,
+            config=eval_cfg.selection,
+            linking=eval_cfg.linking,
+            max_videos=eval_cfg.max_videos,
+            async_gather=eval_cfg.async_gather,
+            gather_backbone_out=eval_cfg.gather_backbone_out,
+            mode=eval_cfg.mode,
+            track=eval_cfg.track,
+        )
+        metrics.update({f"{name}/{key}" if name else key: value for key, value in results.items()})
+    return metrics
 
 
 def _section(cfg: DictConfig, key: str, cls: type):
@@ -301,12 +321,15 @@ def _max_bad_samples(cfg: DictConfig) -> int:
 
 
 def _bad_records_at_load(dataset: Any, max_bad_samples: int) -> int:
-    """Annotation records the training dataset skipped when it read its file (every rank reads the whole
-    file, so every rank gets the same count); more than `max_bad_samples` raises the first one's error."""
-    index = getattr(dataset, "index", None)
-    num_skipped = getattr(index, "num_skipped", 0)
+    """Annotation records the training dataset (every member of a mixed one) skipped when it read its
+    files (every rank reads whole files, so every rank gets the same count); more than `max_bad_samples`
+    raises the first one's error."""
+    members = getattr(dataset, "datasets", {"": dataset}).values()
+    indexes = [getattr(member, "index", None) for member in members]
+    num_skipped = sum(getattr(index, "num_skipped", 0) for index in indexes)
     if num_skipped <= max_bad_samples:
         return num_skipped
+    index = next(index for index in indexes if index.num_skipped)
     try:
         load_annotations(index.source, format=index.format)
     except DataError as e:

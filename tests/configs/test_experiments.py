@@ -30,14 +30,15 @@ def tiny_weights(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def test_the_experiments_are_found():
-    assert {"demo_shapes_video", "roboflow_video_ft", "roboflow_video_eval"} <= set(EXPERIMENTS)
+    assert {"demo_shapes_video", "roboflow_video_ft", "roboflow_video_eval", "roboflow_mixed_ft"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny_weights):
+def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, roboflow_root, tiny_weights):
     path, state = tiny_weights
+    images = f"++paths.image_root={roboflow_root}"  # the COCO images of the mixed-data experiments
     cfg = tiny_run_config(
-        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", config_name=name
+        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", images, config_name=name
     )
     trainer = build_trainer(cfg, torch.device("cpu"))
     # every model key comes from the file (the demo leaves out the interactive heads the file also holds)
@@ -48,6 +49,6 @@ def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, tiny
     assert trainer.evaluate_fn is not None
     build_optimizer(trainer.model, trainer.optim_config)
     slurm = tiny_run_config(
-        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", config_name=name
+        tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", images, config_name=name
     )
     assert SlurmConfig.from_cfg(slurm).nodes >= 1
