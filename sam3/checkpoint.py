@@ -33,6 +33,7 @@ OFFICIAL_MODEL_PREFIX = "detector."
 OPTIONAL_MODEL_PREFIXES = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
 MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section
+LORA_CONFIG_KEY = "lora_config"  # a LoRA run's `lora` section (`sam3.lora.LoraSpec` fields)
 ROPE_SUFFIX = "freqs_cis"
 ROPE_ATOL = 1e-4
 _MAX_LISTED = 10
@@ -104,6 +105,12 @@ def read_model_config(path: str | Path) -> dict | None:
     """The resolved `model` config a training checkpoint was written with; None for other layouts."""
     obj = _load(path)
     return obj.get(MODEL_CONFIG_KEY) if isinstance(obj, Mapping) else None
+
+
+def read_lora_config(path: str | Path) -> dict | None:
+    """The `lora` section a LoRA training checkpoint was written with; None for other checkpoints."""
+    obj = _load(path)
+    return obj.get(LORA_CONFIG_KEY) if isinstance(obj, Mapping) else None
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
