@@ -13,12 +13,14 @@ import torch
 from omegaconf import OmegaConf
 
 import sam3.train.trainer as trainer_module
+from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.export import ExportableSam3
 from sam3.lora import LoraSpec, apply_lora, load_adapters, lora_spec
 from sam3.model_builder import build_model, model_config
 from sam3.tools.export_weights import export_state_dict, main
 from sam3.train.checkpoint import adapters_path, list_checkpoints, read_adapters
-from sam3.train.entry import build_trainer
+from sam3.train.entry import build_model as build_model_of_run
+from sam3.train.entry import build_trainer, run
 from tests.helpers import CONFIG_DIR, tiny_run_config
 
 RUN = ["data.val=null", "data.num_workers=0", "paths.checkpoint=null"]
@@ -181,3 +183,26 @@ def test_adapters_load_onto_the_base_model(tmp_path: Path):
         assert torch.equal(fresh.state_dict()[key], value), key
     with pytest.raises(ValueError, match="another lora.rank"):
         load_adapters(apply_lora(build_model("tiny"), LoraSpec(rank=2, targets=spec.targets)), adapters)
+
+
+def _two_rank_frozen_lora_run(run_dir, shapes_root):
+    cfg = tiny_run_config(
+        run_dir, shapes_root, *RUN, "trainer.max_steps=2", "optim=freeze_vision_text", "lora=vit_decoder"
+    )
+    return run(cfg)["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_rank_frame_sharded_run_with_frozen_encoders_and_lora(tmp_path, shapes_root):
+    """Both ranks share each clip's frames (frame group of 2): the frame gathers and DDP's all-reduce run
+    with the encoders frozen and only adapters and heads trainable."""
+    assert run_on_local_ranks(_two_rank_frozen_lora_run, 2, tmp_path / "ddp", shapes_root, timeout_s=500) == [2, 2]
+    cfg = tiny_run_config(tmp_path / "fresh", shapes_root, *RUN, "optim=freeze_vision_text", "lora=vit_decoder")
+    initial = build_model_of_run(cfg, torch.device("cpu"))
+    trainable = {n for n, p in initial.named_parameters() if p.requires_grad}
+    saved = torch.load(list_checkpoints(tmp_path / "ddp")[-1], weights_only=True)["model"]
+    for key, value in initial.state_dict().items():
+        if key not in trainable:
+            assert torch.equal(saved[key], value), f"frozen {key} changed"
+    assert any(not torch.equal(saved[k], initial.state_dict()[k]) for k in trainable)
