@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sam3.lora import lora_spec, merge_lora_state_dict
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_MODEL_PREFIX = "detector."
@@ -107,14 +109,11 @@ def read_model_config(path: str | Path) -> dict | None:
     return obj.get(MODEL_CONFIG_KEY) if isinstance(obj, Mapping) else None
 
 
-def read_lora_config(path: str | Path) -> dict | None:
-    """The `lora` section a LoRA training checkpoint was written with; None for other checkpoints."""
-    obj = _load(path)
-    return obj.get(LORA_CONFIG_KEY) if isinstance(obj, Mapping) else None
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Load a checkpoint file's flat state dict with `weights_only=True`.
+
+    A LoRA training checkpoint (it carries `lora_config`) is returned with its adapters merged
+    (`sam3.lora.merge_lora_state_dict`): the plain model's keys, as any loader of a fine-tune expects.
 
     Returns:
         the state dict and whether it was wrapped under `model` (official and training layouts).
@@ -124,6 +123,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     wrapped = isinstance(obj.get("model"), Mapping)
     state_dict = dict(obj["model"]) if wrapped else dict(obj)
+    if wrapped and isinstance(obj.get(LORA_CONFIG_KEY), Mapping):
+        state_dict = merge_lora_state_dict(state_dict, lora_spec(obj[LORA_CONFIG_KEY]))
+        logger.info("%s: a LoRA training checkpoint, read with its adapters merged into the base weights", path)
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         where = f"{path}['model']" if wrapped else str(path)

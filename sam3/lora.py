@@ -5,7 +5,8 @@ y = W x + b + (alpha / rank) * B A dropout(x) with A (rank, in) and B (out, rank
 injected model computes what the base model did. Its parameters are renamed: `<module>.weight` becomes
 `<module>.base_layer.weight`, and `<module>.lora_A.default.weight` / `<module>.lora_B.default.weight`
 are added. `merge_lora` folds W + (alpha / rank) B A back into plain `nn.Linear`s, so a merged model has
-exactly the released key layout.
+exactly the released key layout; `merge_lora_state_dict` does the same to a saved state dict (how
+`sam3.checkpoint` reads a LoRA training checkpoint as plain weights).
 
 Only plain `nn.Linear` modules can be targets. The fusion encoder and decoder attend with
 `nn.MultiheadAttention`, whose forward reads `in_proj_weight` and `out_proj.weight` directly (an adapter on
@@ -146,6 +147,36 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if wrapped:
         logger.info("merged %d LoRA layers into their base weights", len(wrapped))
     return model
+
+
+def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """The state dict of a model with adapters as the plain model's: for every adapted layer,
+    `<m>.weight = <m>.base_layer.weight + (B @ A) * alpha / rank` (peft's merge arithmetic, so this equals
+    `merge_lora` on the built model) and `<m>.bias = <m>.base_layer.bias`; no peft needed.
+
+    Raises:
+        ValueError: an adapter whose base weight or other half is missing.
+    """
+    suffix_a, suffix_b = f".lora_A.{ADAPTER_NAME}.weight", f".lora_B.{ADAPTER_NAME}.weight"
+    scale = spec.alpha / spec.rank
+    merged = {}
+    for key, value in state_dict.items():
+        if ".lora_" in key:
+            if not key.endswith((suffix_a, suffix_b)):
+                raise ValueError(f"{key!r}: not an adapter tensor of a LoRA model ({suffix_a!r} / {suffix_b!r})")
+            continue
+        merged[key.replace(".base_layer.", ".")] = value
+    for key in state_dict:
+        if not key.endswith(suffix_a):
+            continue
+        layer = key.removesuffix(suffix_a)
+        needed = (f"{layer}{suffix_b}", f"{layer}.base_layer.weight")
+        missing = [k for k in needed if k not in state_dict]
+        if missing:
+            raise ValueError(f"LoRA layer {layer!r} cannot be merged: {missing} missing from the state dict")
+        delta = (state_dict[needed[0]] @ state_dict[key]) * scale
+        merged[f"{layer}.weight"] = state_dict[needed[1]] + delta.to(state_dict[needed[1]].dtype)
+    return merged
 
 
 def has_lora(model: nn.Module) -> bool:

@@ -15,8 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch import nn
 
-from sam3.checkpoint import load_sam3_weights, load_state_dict, read_lora_config, read_model_config, read_state_dict
-from sam3.lora import apply_lora, lora_spec, merge_lora
+from sam3.checkpoint import load_sam3_weights, load_state_dict, read_model_config, read_state_dict
 from sam3.model.decoder import QueryDecoder
 from sam3.model.encoder import FusionEncoder
 from sam3.model.geometry_encoder import GeometryEncoder
@@ -59,8 +58,8 @@ def build_model(
         name: a preset of `configs/model/` ("sam3", "tiny"), or None to use the model config stored in
             `checkpoint` (our training checkpoints carry the one they were trained with).
         video: return the frame-sharded video model (`configs/video_model/`) as a group of one.
-        checkpoint: official, bare, DDP or training checkpoint, loaded strictly; a LoRA training checkpoint
-            is loaded into the model with its adapters, which are then merged (`sam3.lora.merge_lora`).
+        checkpoint: official, bare, DDP or training checkpoint, loaded strictly (a LoRA run's with its
+            adapters merged, `sam3.checkpoint.read_state_dict`).
         overrides: Hydra overrides of the model config, e.g. ["decoder.num_queries=8"].
     """
     from hydra import compose, initialize_config_dir
@@ -79,14 +78,7 @@ def build_model(
         model_cfg = OmegaConf.merge(OmegaConf.create(stored), OmegaConf.from_dotlist(list(overrides)))
     else:
         model_cfg = model_config(name, overrides)
-    lora = None if checkpoint is None else read_lora_config(checkpoint)
-    if lora is None:
-        image_model = instantiate(model_cfg, checkpoint_path=None if checkpoint is None else str(checkpoint))
-    else:  # a LoRA fine-tune: its weights fit the model with adapters; merged, it has the plain layout
-        image_model = apply_lora(instantiate(model_cfg, checkpoint_path=None), lora_spec(lora))
-        state_dict, wrapped = read_state_dict(checkpoint)
-        load_state_dict(image_model, state_dict, strict=True, source=str(checkpoint), wrapped=wrapped)
-        merge_lora(image_model)
+    image_model = instantiate(model_cfg, checkpoint_path=None if checkpoint is None else str(checkpoint))
     if not video:
         return image_model
     with initialize_config_dir(str(config_dir()), version_base="1.3"):

@@ -11,8 +11,8 @@ the release has them, floats as float32. Nothing else is written (no config, no 
 
 The exported weights are the built model's `state_dict()` after the checkpoint is loaded: whatever
 the model computes with is what is written. A LoRA run's checkpoint (it carries its `lora_config`) is
-loaded into the model with its adapters, which are then merged into the base weights (W + alpha / rank
-* B A, `sam3.lora.merge_lora`), so the file has exactly the released keys and shapes and no `lora_*`.
+read with its adapters merged into the base weights (W + alpha / rank * B A,
+`sam3.lora.merge_lora_state_dict`), so the file has exactly the released keys and shapes and no `lora_*`.
 
 `--base` (the released `sam3.pt`, or any file in its layout) fills what the fine-tune lacks: a model
 built with `tracker=null` has no `tracker.*` and, with `use_sam2_convs=false`, no
