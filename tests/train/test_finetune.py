@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 import sam3.train.trainer as trainer_module
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.export import ExportableSam3
-from sam3.lora import LoraSpec, apply_lora, load_adapters, lora_spec
+from sam3.lora import LoraSpec, apply_lora, load_adapters, lora_spec, merge_lora, merge_lora_state_dict
 from sam3.model_builder import build_model, model_config
 from sam3.tools.export_weights import export_state_dict, main
-from sam3.train.checkpoint import adapters_path, list_checkpoints, read_adapters
+from sam3.train.checkpoint import adapters_path, list_checkpoints, read_adapters, save_checkpoint, write_adapters
 from sam3.train.entry import build_model as build_model_of_run
 from sam3.train.entry import build_trainer, run
 from tests.helpers import CONFIG_DIR, tiny_run_config
@@ -170,6 +170,20 @@ def test_export_merges_the_adapters_into_the_released_layout(tmp_path):
     assert not torch.allclose(base[1], expected[1], atol=1e-3)  # the adapters change the outputs
     for name, a, b in zip(("logits", "boxes", "presence", "masks", "scores"), expected, got, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=f"{name} of the merged export")
+    # every loader of weights files (paths.checkpoint=, build_model, predict) reads the checkpoint merged
+    direct = build_model("tiny", checkpoint=checkpoint).state_dict()
+    assert direct.keys() == merged.state_dict().keys()
+    assert all(torch.equal(direct[k], v) for k, v in merged.state_dict().items())
+
+
+def test_merging_the_saved_state_equals_merging_the_model():
+    spec = LoraSpec(rank=4, alpha=8.0, targets=("*.trunk.blocks.0.attn.qkv", "transformer.decoder.layers.*.linear1"))
+    model = _lora_model(spec, seed=5)
+    from_state = merge_lora_state_dict(model.state_dict(), spec)
+    merged = merge_lora(model).state_dict()
+    assert from_state.keys() == merged.keys() and not any("lora" in k for k in merged)
+    for key, value in merged.items():
+        assert torch.equal(from_state[key], value), key
 
 
 def test_adapters_load_onto_the_base_model(tmp_path: Path):
@@ -206,3 +220,15 @@ def test_two_rank_frame_sharded_run_with_frozen_encoders_and_lora(tmp_path, shap
         if key not in trainable:
             assert torch.equal(saved[key], value), f"frozen {key} changed"
     assert any(not torch.equal(saved[k], initial.state_dict()[k]) for k in trainable)
+
+
+def test_adapter_files_follow_checkpoint_retention(tmp_path):
+    config = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["*.qkv"], "trainable": []}
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"model": {"w": torch.zeros(1)}}, keep_last=2)
+        write_adapters(tmp_path, step, {"x.lora_A.default.weight": torch.full((2, 2), float(step))}, config)
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+    adapters, stored = read_adapters(adapters_path(tmp_path, 3))
+    assert stored == config and torch.equal(adapters["x.lora_A.default.weight"], torch.full((2, 2), 3.0))
+    with pytest.raises(ValueError, match="not an adapters file"):
+        read_adapters(list_checkpoints(tmp_path)[-1])
