@@ -179,11 +179,6 @@ def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], spec: LoraSpec
     return merged
 
 
-def has_lora(model: nn.Module) -> bool:
-    """Whether `model` holds LoRA adapters."""
-    return any(_is_adapter_layer(module) for module in model.modules())
-
-
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trainable parameters of `model` (for a LoRA model: adapters and `lora.trainable`), detached
     copies on CPU: what a LoRA fine-tune changed, a small file next to the base checkpoint."""

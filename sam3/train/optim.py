@@ -230,6 +230,21 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, config), betas=config.betas, eps=config.eps)
 
 
+def select_names(patterns: tuple[str, ...], named: dict[str, Any], where: str) -> list[str]:
+    """Names of `named` matching any pattern (glob, or `re:<regex>`), in order; raises a ValueError naming
+    `where` and the first pattern that matches nothing (also `sam3.train.finetune`'s freeze rules)."""
+    selected: dict[str, None] = {}
+    for pattern in patterns:
+        hits = [name for name in named if _matches(pattern, name)]
+        if not hits:
+            raise ValueError(
+                f"{where}: pattern {pattern!r} matches no parameter of the model (e.g. {_examples(named)}); "
+                "fix or remove it"
+            )
+        selected.update(dict.fromkeys(hits))
+    return list(selected)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
     """The multiplier of every group's base LR at optimizer step s: warmup(s) * decay(s) * cooldown(s).
@@ -379,21 +394,6 @@ def _no_decay_names(model: nn.Module, named: dict[str, torch.Tensor], rule: NoWe
             )
         names |= owned
     return names
-
-
-def select_names(patterns: tuple[str, ...], named: dict[str, Any], where: str) -> list[str]:
-    """Names of `named` matching any pattern (glob, or `re:<regex>`), in order; raises a ValueError naming
-    `where` and the first pattern that matches nothing (also `sam3.train.finetune`'s freeze rules)."""
-    selected: dict[str, None] = {}
-    for pattern in patterns:
-        hits = [name for name in named if _matches(pattern, name)]
-        if not hits:
-            raise ValueError(
-                f"{where}: pattern {pattern!r} matches no parameter of the model (e.g. {_examples(named)}); "
-                "fix or remove it"
-            )
-        selected.update(dict.fromkeys(hits))
-    return list(selected)
 
 
 def _matches(pattern: str, name: str) -> bool:
