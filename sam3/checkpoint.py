@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sam3.lora import lora_spec, merge_lora_state_dict
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_MODEL_PREFIX = "detector."
@@ -33,6 +35,7 @@ OFFICIAL_MODEL_PREFIX = "detector."
 OPTIONAL_MODEL_PREFIXES = ("tracker.", "backbone.vision_backbone.sam2_convs.")
 DDP_PREFIX = "module."
 MODEL_CONFIG_KEY = "model_config"  # a training checkpoint's resolved `model` config section
+LORA_CONFIG_KEY = "lora_config"  # a LoRA run's `lora` section (`sam3.lora.LoraSpec` fields)
 ROPE_SUFFIX = "freqs_cis"
 ROPE_ATOL = 1e-4
 _MAX_LISTED = 10
@@ -109,6 +112,9 @@ def read_model_config(path: str | Path) -> dict | None:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Load a checkpoint file's flat state dict with `weights_only=True`.
 
+    A LoRA training checkpoint (it carries `lora_config`) is returned with its adapters merged
+    (`sam3.lora.merge_lora_state_dict`): the plain model's keys, as any loader of a fine-tune expects.
+
     Returns:
         the state dict and whether it was wrapped under `model` (official and training layouts).
     """
@@ -117,6 +123,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     wrapped = isinstance(obj.get("model"), Mapping)
     state_dict = dict(obj["model"]) if wrapped else dict(obj)
+    if wrapped and isinstance(obj.get(LORA_CONFIG_KEY), Mapping):
+        state_dict = merge_lora_state_dict(state_dict, lora_spec(obj[LORA_CONFIG_KEY]))
+        logger.info("%s: a LoRA training checkpoint, read with its adapters merged into the base weights", path)
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         where = f"{path}['model']" if wrapped else str(path)

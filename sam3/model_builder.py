@@ -58,7 +58,8 @@ def build_model(
         name: a preset of `configs/model/` ("sam3", "tiny"), or None to use the model config stored in
             `checkpoint` (our training checkpoints carry the one they were trained with).
         video: return the frame-sharded video model (`configs/video_model/`) as a group of one.
-        checkpoint: official, bare, DDP or training checkpoint, loaded strictly.
+        checkpoint: official, bare, DDP or training checkpoint, loaded strictly (a LoRA run's with its
+            adapters merged, `sam3.checkpoint.read_state_dict`).
         overrides: Hydra overrides of the model config, e.g. ["decoder.num_queries=8"].
     """
     from hydra import compose, initialize_config_dir

@@ -10,9 +10,9 @@ every tensor of the model under its released name (our names are the released im
 the release has them, floats as float32. Nothing else is written (no config, no optimizer).
 
 The exported weights are the built model's `state_dict()` after the checkpoint is loaded: whatever
-the model computes with is what is written. (A model with adapters, e.g. LoRA, would merge them into
-its base weights before this point, so its state dict holds plain released-shape tensors; there is no
-adapter code in this package yet.)
+the model computes with is what is written. A LoRA run's checkpoint (it carries its `lora_config`) is
+read with its adapters merged into the base weights (W + alpha / rank * B A,
+`sam3.lora.merge_lora_state_dict`), so the file has exactly the released keys and shapes and no `lora_*`.
 
 `--base` (the released `sam3.pt`, or any file in its layout) fills what the fine-tune lacks: a model
 built with `tracker=null` has no `tracker.*` and, with `use_sam2_convs=false`, no

@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam3.checkpoint import LORA_CONFIG_KEY
 from sam3.distributed.collectives import all_gather_objects
 from sam3.distributed.env import get_rank
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapters"  # LoRA runs: the trainable tensors alone, beside each checkpoint
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 _HASH_CHUNK = 1 << 24
 
@@ -128,6 +130,44 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
     if errors[0] is not None:
         raise CheckpointSaveError(errors[0] + "; the checkpoints saved before it are untouched")
     return path if get_rank() == 0 else None
+
+
+def adapters_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / ADAPTER_DIR / f"step_{step:08d}.pt"
+
+
+def write_adapters(
+    run_dir: str | Path, step: int, adapters: dict[str, torch.Tensor], lora_config: dict[str, Any]
+) -> Path | None:
+    """Rank 0, after `save_checkpoint`: the trainable tensors of a LoRA run alone, `{"adapters": {name: tensor},
+    "lora_config": ..., "step": step}`, written to a temporary name and renamed; adapter files of pruned
+    checkpoints are deleted. A convenience copy (the checkpoint holds the same tensors), so a failed write is
+    logged, not raised. Returns the path, or None if the write failed."""
+    path = adapters_path(run_dir, step)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"adapters": adapters, LORA_CONFIG_KEY: lora_config, "step": step}, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        logger.warning("could not write the adapters of step %d to %s: %s", step, path, error)
+        return None
+    kept = {p.name for p in list_checkpoints(run_dir)}
+    for old in path.parent.iterdir():
+        if _NAME.match(old.name) and old.name not in kept:
+            old.unlink(missing_ok=True)
+    logger.info("saved adapters %s (%d tensors, %.2f MB)", path, len(adapters), path.stat().st_size / 2**20)
+    return path
+
+
+def read_adapters(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapters and `lora` section of a file written by `write_adapters` (load them with
+    `sam3.lora.apply_lora` + `sam3.lora.load_adapters` on the base model)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "adapters" not in obj or LORA_CONFIG_KEY not in obj:
+        raise ValueError(f"{path} is not an adapters file of a LoRA run (no 'adapters' / {LORA_CONFIG_KEY!r} entry)")
+    return obj["adapters"], obj[LORA_CONFIG_KEY]
 
 
 def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

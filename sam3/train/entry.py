@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from sam3.eval.evaluate import EVAL_MODES, EvalConfig, evaluate
 from sam3.eval.linking import LinkingConfig
 from sam3.eval.track_mode import TrackConfig
 from sam3.eval.visualize import PredictionStrip
+from sam3.lora import LoraSpec, lora_spec
 from sam3.model_builder import apply_runtime_policy
+from sam3.train.finetune import OPTIM_KEYS, FreezeRules, apply_finetune
 from sam3.train.sections import build_section
 from sam3.train.trainer import Trainer, TrainerConfig
 
@@ -60,6 +62,7 @@ TOP_LEVEL_KEYS = (
     "distributed",
     "runtime",
     "eval",
+    "lora",
 )
 
 
@@ -208,6 +211,7 @@ def build_trainer(cfg: DictConfig, device: torch.device) -> Trainer:
         weights_loaded=cfg.paths.get("checkpoint") is not None,
         visualize=PredictionStrip(score_thresh=_section(cfg, "eval", EvalSection).score_thresh),
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        lora_config=None if (lora := lora_section(cfg)) is None else asdict(lora),
         max_bad_samples=max_bad_samples,
         bad_records=bad_records,
     )
@@ -219,7 +223,25 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     runtime = _section(cfg, "runtime", RuntimeConfig)
     _seed_everything(int(cfg.seed))
     model = instantiate(cfg.video_model, image_model=instantiate(cfg.model))
+    model = apply_finetune(model, rules=freeze_rules(cfg), lora=lora_section(cfg))
     return apply_runtime_policy(model, act_checkpoint=runtime.act_checkpoint, compile=runtime.compile).to(device)
+
+
+def freeze_rules(cfg: DictConfig) -> FreezeRules:
+    """`optim.freeze`, `optim.train_only` and `trainer.frozen_params` of a run config; an unknown key of the
+    `optim` group raises."""
+    unknown = sorted(set(cfg.optim) - set(OPTIM_KEYS))
+    if unknown:
+        raise ValueError(f"optim: unknown key(s) {unknown}; valid keys: {list(OPTIM_KEYS)}")
+    rules = {key: tuple(cfg.optim.get(key) or ()) for key in ("freeze", "train_only")}
+    return FreezeRules(**rules, keep_frozen=_section(cfg, "trainer", TrainerConfig).frozen_params)
+
+
+def lora_section(cfg: DictConfig) -> LoraSpec | None:
+    """The `lora:` section (`lora=<preset>` on the command line, configs/lora/), or None without one."""
+    if cfg.get("lora") is None:
+        return None
+    return lora_spec(OmegaConf.to_container(cfg.lora, resolve=True))
 
 
 def build_train_loader(cfg: DictConfig, group: FrameGroup) -> DataLoader:

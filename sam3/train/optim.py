@@ -189,7 +189,7 @@ class OptimConfig:
 def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     """AdamW parameter groups of the trainable parameters of `model` under the rules of `config`.
 
-    Patterns are checked against every parameter (frozen ones included, so `trainer.freeze_vision` leaves the
+    Patterns are checked against every parameter (frozen ones included, so `optim=freeze_vision` leaves the
     vision rules valid); only trainable parameters are returned, each in exactly one group. A DDP `module.`
     prefix is ignored.
 
@@ -228,6 +228,21 @@ def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, config)`."""
     return torch.optim.AdamW(param_groups(model, config), betas=config.betas, eps=config.eps)
+
+
+def select_names(patterns: tuple[str, ...], named: dict[str, Any], where: str) -> list[str]:
+    """Names of `named` matching any pattern (glob, or `re:<regex>`), in order; raises a ValueError naming
+    `where` and the first pattern that matches nothing (also `sam3.train.finetune`'s freeze rules)."""
+    selected: dict[str, None] = {}
+    for pattern in patterns:
+        hits = [name for name in named if _matches(pattern, name)]
+        if not hits:
+            raise ValueError(
+                f"{where}: pattern {pattern!r} matches no parameter of the model (e.g. {_examples(named)}); "
+                "fix or remove it"
+            )
+        selected.update(dict.fromkeys(hits))
+    return list(selected)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,7 +320,7 @@ def _base_lrs(named: dict[str, torch.Tensor], config: OptimConfig) -> dict[str, 
     """Parameter name -> (LR group name, base LR); raises on a parameter claimed by two groups."""
     claimed: dict[str, LrGroup] = {}
     for group in config.lr_groups:
-        matched = _select(group.params, named, f"{_OPTIM}.lr_groups.{group.name}.params")
+        matched = select_names(group.params, named, f"{_OPTIM}.lr_groups.{group.name}.params")
         for name in matched:
             if name in claimed:
                 raise ValueError(
@@ -363,7 +378,7 @@ def _vit_layer_id(rest: str, num_layers: int) -> int:
 
 def _no_decay_names(model: nn.Module, named: dict[str, torch.Tensor], rule: NoWeightDecay) -> set[str]:
     where = f"{_OPTIM}.no_weight_decay"
-    names = set(_select(rule.names, named, f"{where}.names"))
+    names = set(select_names(rule.names, named, f"{where}.names"))
     owned_by: dict[type, set[str]] = {}
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
@@ -379,20 +394,6 @@ def _no_decay_names(model: nn.Module, named: dict[str, torch.Tensor], rule: NoWe
             )
         names |= owned
     return names
-
-
-def _select(patterns: tuple[str, ...], named: dict[str, Any], where: str) -> list[str]:
-    """Names matching any pattern; raises naming a pattern that matches nothing."""
-    selected: dict[str, None] = {}
-    for pattern in patterns:
-        hits = [name for name in named if _matches(pattern, name)]
-        if not hits:
-            raise ValueError(
-                f"{where}: pattern {pattern!r} matches no parameter of the model (e.g. {_examples(named)}); "
-                "fix or remove it"
-            )
-        selected.update(dict.fromkeys(hits))
-    return list(selected)
 
 
 def _matches(pattern: str, name: str) -> bool:

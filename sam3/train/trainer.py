@@ -14,7 +14,6 @@ of s, so there is no scheduler state to save.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
@@ -31,25 +30,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from sam3.checkpoint import MODEL_CONFIG_KEY
+from sam3.checkpoint import LORA_CONFIG_KEY, MODEL_CONFIG_KEY
 from sam3.data.collate import BadBatch, BadClip
 from sam3.data.index import DataError
 from sam3.distributed.collectives import all_gather_objects, any_rank
 from sam3.distributed.env import get_rank, get_world_size
 from sam3.distributed.timeouts import operation, set_step
+from sam3.lora import trainable_state_dict
 from sam3.train.checkpoint import (
     latest_checkpoint,
     load_training_state,
     restore_rng_states,
     save_checkpoint,
+    write_adapters,
 )
 from sam3.train.optim import OptimConfig, ScheduleConfig, apply_lr, build_optimizer, lr_factor
 from sam3.train.step import forward_backward
 
 logger = logging.getLogger(__name__)
 
-VISION_PREFIX = "backbone.vision_backbone."
-TEXT_PREFIX = "backbone.language_backbone."
 INTERACTIVE_PARAMS = ("tracker.*", "backbone.vision_backbone.sam2_convs.*")
 
 
@@ -67,11 +66,11 @@ class TrainerConfig:
         eval_every: steps between validations (0 = only at the end of training).
         eval_at_start: also evaluate the starting weights (step 0).
         amp: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "none".
-        freeze_vision: keep the image encoder (trunk and neck) frozen.
-        freeze_text: keep the text encoder frozen.
         frozen_params: globs of full parameter names kept frozen (a pattern may match nothing, e.g. in a
             model built with tracker=null). Default: the interactive heads and their pyramid, which
             detector fine-tuning does not train, so a fine-tuned checkpoint keeps the released ones.
+            Applied when the model is built (`sam3.train.finetune`), with the freeze presets of the `optim`
+            group (`optim=freeze_vision`, ...).
         find_unused_parameters: tell DDP that some parameters get no gradient. The released layout has
             parameters image training never uses (neck level 0.5x, text projection, semantic head, ...),
             so this defaults to true; freezing those parameters instead allows false.
@@ -89,8 +88,6 @@ class TrainerConfig:
     eval_every: int = 0
     eval_at_start: bool = False
     amp: str = "auto"
-    freeze_vision: bool = False
-    freeze_text: bool = False
     frozen_params: tuple[str, ...] = INTERACTIVE_PARAMS
     find_unused_parameters: bool = True
     max_nonfinite_skips: int = 0
@@ -113,7 +110,9 @@ class Trainer:
     """Runs training (with periodic validation and checkpoints) or a single evaluation.
 
     Args:
-        model: the video model (not yet wrapped in DDP), on `device`.
+        model: the video model (not yet wrapped in DDP), on `device`, with its frozen parameters already
+            frozen (`sam3.train.finetune`): only parameters with `requires_grad` get optimizer state and
+            DDP gradient buckets.
         criterion: `criterion(outputs, targets, normalization, step) -> (loss, components)`.
         train_loader: yields this rank's `ClipBatch`es; its sampler must offer `set_epoch`, `resume`
             (epoch, position) and `epoch`.
@@ -121,7 +120,7 @@ class Trainer:
             validation data (every rank calls it; rank 0 gets the metrics), or None.
         config: trainer settings.
         optim: AdamW settings and the parameter-group rules (base LR per group, layer decay, which
-            parameters get no weight decay); applied to the parameters left trainable by the freeze flags.
+            parameters get no weight decay); applied to the trainable parameters.
         schedule: LR multiplier as a pure function of the step, so a resumed run gets the same LRs.
         run_dir: where checkpoints, logs and TensorBoard files go.
         device: the model's device.
@@ -133,6 +132,9 @@ class Trainer:
             from a loader whose dataset reports bad samples) over the whole run before it stops.
         bad_records: annotation records the training data skipped when it was read; they count
             against `max_bad_samples` from the start.
+        lora_config: the `lora` section of a LoRA run (`sam3.lora.LoraSpec` fields), or None. Stored in
+            every checkpoint (tools rebuild the adapters from it), and each save also writes the trainable
+            tensors alone to `RUN_DIR/adapters/step_XXXXXXXX.pt` (`write_adapters`).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Trainer:
         model_config: dict[str, Any] | None = None,
         max_bad_samples: int = 0,
         bad_records: int = 0,
+        lora_config: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -167,6 +170,7 @@ class Trainer:
         self.model_config = model_config
         self.max_bad_samples = max_bad_samples
         self.bad_records = bad_records
+        self.lora_config = lora_config
         self.bad_samples = bad_records  # records and clips skipped so far, over every rank and resumed runs
         self.rank = get_rank()
         self.world_size = get_world_size()
@@ -224,7 +228,6 @@ class Trainer:
     def _run_train(self) -> dict[str, Any]:
         if self.train_loader is None:
             raise ValueError("trainer.mode=train needs training data (data.train)")
-        self._freeze()
         self.optimizer = build_optimizer(self.model, self.optim_config)
         resumed_from = self._maybe_resume()
         if resumed_from is None and self.bad_records:
@@ -281,20 +284,6 @@ class Trainer:
         return history
 
     # ---------------------------------------------------------------------------------- internals
-    def _freeze(self) -> None:
-        prefixes = [
-            p for p, on in ((VISION_PREFIX, self.config.freeze_vision), (TEXT_PREFIX, self.config.freeze_text)) if on
-        ]
-        patterns = [f"{p}*" for p in prefixes] + list(self.config.frozen_params)
-        if not patterns:
-            return
-        frozen = 0
-        for name, param in self.model.named_parameters():
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-                param.requires_grad_(False)
-                frozen += param.numel()
-        logger.info("froze %d parameters matching %s", frozen, patterns)
-
     def _wrap_ddp(self) -> nn.Module:
         if self.world_size == 1:
             return self.model
@@ -405,8 +394,12 @@ class Trainer:
         }
         if self.model_config is not None:
             state[MODEL_CONFIG_KEY] = self.model_config
+        if self.lora_config is not None:
+            state[LORA_CONFIG_KEY] = self.lora_config
         with operation("checkpoint", watched=False):  # rank 0 writes while the others wait for its result
-            save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+            path = save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+            if path is not None and self.lora_config is not None:
+                write_adapters(self.run_dir, self.step, trainable_state_dict(self.model), self.lora_config)
         self._saved_step = self.step
 
     def _clip_gradients(self) -> float:

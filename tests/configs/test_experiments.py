@@ -52,3 +52,27 @@ def test_experiment_builds_with_the_tiny_model(name, tmp_path, shapes_root, robo
         tmp_path / name, shapes_root, f"paths.checkpoint={path}", "launcher=slurm", images, config_name=name
     )
     assert SlurmConfig.from_cfg(slurm).nodes >= 1
+
+
+# the options of the groups that change what trains (configs/optim/, configs/lora/)
+TRAINING_PRESETS = sorted(
+    f"{group}={path.stem}" for group in ("optim", "lora") for path in (CONFIG_DIR / group).glob("*.yaml")
+)
+
+
+def test_the_training_presets_are_found():
+    expected = {"optim=adamw", "optim=freeze_vision", "optim=freeze_vision_text", "optim=train_decoder_only"}
+    assert expected | {"lora=vit_decoder"} <= set(TRAINING_PRESETS)
+
+
+@pytest.mark.parametrize("preset", TRAINING_PRESETS)
+def test_training_preset_builds_with_the_fine_tune_experiment(preset, tmp_path, shapes_root, tiny_weights):
+    path, _ = tiny_weights
+    cfg = tiny_run_config(
+        tmp_path, shapes_root, f"paths.checkpoint={path}", "data.num_workers=0", preset, config_name="roboflow_video_ft"
+    )
+    trainer = build_trainer(cfg, torch.device("cpu"))
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert 0 < len(trainable) < len(list(trainer.model.parameters()))
+    optimizer = build_optimizer(trainer.model, trainer.optim_config)
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(trainable)
