@@ -167,7 +167,7 @@ def plan_memory(
         ddp_bucket_bytes=4 * num_trainable if ranks > 1 else 0,
         autocast_weight_bytes=2 * total_params if dtype == torch.bfloat16 else 0,
         activation_bytes_per_frame=two - one,
-        activation_bytes_fixed=2 * one - two,
+        activation_bytes_fixed=max(2 * one - two, 0),  # storages shared between frames can make it < 0
         recompute_bytes=recompute,
         prompts=prompts,
         image_size=image_size,
