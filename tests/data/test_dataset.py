@@ -189,3 +189,13 @@ def test_collate_clip_without_instances_beside_one_with():
     assert not targets.masks_padded[0, 0].any() and targets.masks_padded[0, 1].all()
     assert targets.is_positive.tolist() == [True, False, True, True, False, True, False, False]
     assert not targets.masks_padded[6:].any() and (targets.object_ids_padded[6:] == -1).all()
+
+
+def test_collate_batch_whose_prompts_are_all_negatives():
+    """No instance anywhere in the batch (Nmax = 0): every pair is a negative with empty targets."""
+    batch = collate_clips([_sample(2, [[], [], []], num_inst=0, clip_id=0), _sample(1, [[]], num_inst=0, clip_id=1)])
+    targets = batch.targets
+    assert batch.num_pairs == 2 * 3 + 1
+    assert targets.boxes_padded.shape == (7, 0, 4) and targets.is_visible_padded.shape == (7, 0)
+    assert targets.masks_padded.shape == (7, 0, 8, 8)
+    assert targets.num_boxes.tolist() == [0] * 7 and not targets.is_positive.any()
