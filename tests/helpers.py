@@ -6,9 +6,11 @@ Fixtures stay in the `conftest.py` files; test modules import plain functions an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from pycocotools import mask as coco_mask
 
+import sam3.train.trainer as trainer_module
 from sam3.tools.check_frame_sharding import DETERMINISTIC_OVERRIDES
 from sam3.train.entry import build_trainer
 
@@ -218,3 +221,25 @@ def write_roboflow_export(root: Path, num_images: int = 3, size: int = 64, seed:
         data["annotations"] = annotations
         (folder / "_annotations.coco.json").write_text(json.dumps(data))
     return masks
+
+
+@contextlib.contextmanager
+def killed_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Iterator[None]:
+    """The training run inside the block dies during its `step`-th step (1-based, counted from the
+    process start), as a SIGKILL would leave it: no checkpoint of that step. Expects the interruption."""
+    real_step = trainer_module.forward_backward
+    calls = 0
+
+    def crash(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == step:
+            raise KeyboardInterrupt(f"simulated kill during step {step}")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "forward_backward", crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(trainer_module, "forward_backward", real_step)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import sam3.train.trainer as trainer_module
 from sam3.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -17,7 +16,7 @@ from sam3.train.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
-from tests.helpers import tiny_run_config, train_weights
+from tests.helpers import killed_at_step, tiny_run_config, train_weights
 
 
 def _draws() -> tuple:
@@ -66,20 +65,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes_root, monkeypat
     reference = train_weights(tiny_run_config(tmp_path / "uninterrupted", shapes_root, *overrides))
 
     crashing_dir = tmp_path / "crashed"
-    real_step = trainer_module.forward_backward
-    calls = {"n": 0}
-
-    def crash_on_fourth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 4")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "forward_backward", crash_on_fourth_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 4):
         train_weights(tiny_run_config(crashing_dir, shapes_root, *overrides))
     assert [p.name for p in list_checkpoints(crashing_dir)] == ["step_00000002.pt"]
-    monkeypatch.setattr(trainer_module, "forward_backward", real_step)
 
     resumed = train_weights(tiny_run_config(crashing_dir, shapes_root, *overrides))
     _assert_same_weights(resumed, reference)

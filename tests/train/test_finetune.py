@@ -12,7 +12,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import sam3.train.trainer as trainer_module
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.export import ExportableSam3
 from sam3.lora import LoraSpec, apply_lora, load_adapters, lora_spec, merge_lora, merge_lora_state_dict
@@ -21,7 +20,7 @@ from sam3.tools.export_weights import export_state_dict, main
 from sam3.train.checkpoint import adapters_path, list_checkpoints, read_adapters, save_checkpoint, write_adapters
 from sam3.train.entry import build_model as build_model_of_run
 from sam3.train.entry import build_trainer, run
-from tests.helpers import CONFIG_DIR, tiny_run_config
+from tests.helpers import CONFIG_DIR, killed_at_step, tiny_run_config
 
 RUN = ["data.val=null", "data.num_workers=0", "paths.checkpoint=null"]
 VISION = "backbone.vision_backbone."
@@ -108,20 +107,9 @@ def test_lora_run_trains_adapters_only_and_resumes_to_the_same_weights(tmp_path,
     assert adapter_bytes < checkpoint.stat().st_size / 5, (adapter_bytes, checkpoint.stat().st_size)
 
     crashing_dir = tmp_path / "crashed"
-    real_step = trainer_module.forward_backward
-    calls = {"n": 0}
-
-    def crash_on_fourth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 4")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "forward_backward", crash_on_fourth_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 4):
         _run(tiny_run_config(crashing_dir, shapes_root, *overrides))
     assert [p.name for p in list_checkpoints(crashing_dir)] == ["step_00000002.pt"]
-    monkeypatch.setattr(trainer_module, "forward_backward", real_step)
     resumed, _ = _run(tiny_run_config(crashing_dir, shapes_root, *overrides))
     resumed_state = resumed.model.state_dict()
     assert resumed_state.keys() == after.keys()

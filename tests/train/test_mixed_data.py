@@ -12,11 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import sam3.train.trainer as trainer_module
 from sam3.data.index import DataError
 from sam3.distributed.local_spawn import run_on_local_ranks
 from sam3.train.entry import build_trainer
-from tests.helpers import tiny_run_config, train_weights
+from tests.helpers import killed_at_step, tiny_run_config, train_weights
 
 METRIC = "video_mask_mAP_50_95"
 CPU = torch.device("cpu")
@@ -130,18 +129,7 @@ def test_a_killed_mixed_run_resumes_to_the_same_weights(tmp_path, shapes_root, r
     overrides = (f"paths.image_root={roboflow_root}", "data.val=null", "trainer.max_steps=6")
     overrides += ("trainer.checkpoint_every=2",)
     reference = train_weights(_mixed_config(tmp_path / "uninterrupted", shapes_root, *overrides))
-    real_step = trainer_module.forward_backward
-    calls = {"n": 0}
-
-    def crash_on_fourth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 4")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "forward_backward", crash_on_fourth_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 4):
         train_weights(_mixed_config(tmp_path / "crashed", shapes_root, *overrides))
-    monkeypatch.setattr(trainer_module, "forward_backward", real_step)
     resumed = train_weights(_mixed_config(tmp_path / "crashed", shapes_root, *overrides))
     assert [name for name, value in reference.items() if not torch.equal(resumed[name], value)] == []
