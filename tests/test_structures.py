@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from sam3.structures import ClipBatch, DetectorOutput, FrameMeta, PairIndex, PairTargets
+from sam3.structures import BitMasks, ClipBatch, DetectorOutput, FrameMeta, PairIndex, PairTargets
 
 
 def _batch() -> ClipBatch:
@@ -30,7 +30,7 @@ def _batch() -> ClipBatch:
         num_instances=torch.full((num_pairs,), 2),
         is_exhaustive=torch.ones(num_pairs, dtype=torch.bool),
         is_positive=torch.ones(num_pairs, dtype=torch.bool),
-        masks_padded=torch.zeros(num_pairs, 2, 8, 8, dtype=torch.bool),
+        masks=BitMasks.pack(torch.zeros(3, 8, 8, dtype=torch.bool)),
     )
     return ClipBatch(
         images=torch.zeros(3, 3, 8, 8),
