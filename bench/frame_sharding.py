@@ -120,9 +120,7 @@ def main() -> None:
         loop_s = per_frame_loop(config, args.repeats, device_type)
         results = {}
         for world_size in (1, 2):
-            config = CheckConfig(
-                world_size=world_size, group_size=world_size, num_frames=args.frames, image_size=args.image_size
-            )
+            config = CheckConfig(world_size=world_size, group_size=world_size, num_frames=args.frames, image_size=args.image_size)
             ranks = run_on_local_ranks(measure_rank, world_size, config, args.repeats, device_type, threads_per_rank=1)
             results[world_size] = {
                 "step_s": max(r["step_s"] for r in ranks),

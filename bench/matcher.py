@@ -37,6 +37,7 @@ from sam3.structures import DetectorOutput, PairIndex, PairTargets
 SHARED_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "official_matcher_bench.py"
 
 
+
 def rand_boxes(g: torch.Generator, *shape: int) -> torch.Tensor:
     """Valid normalised cxcywh boxes (w, h in [0.02, 0.6], inside the image), the shared generator."""
     wh = 0.02 + 0.58 * torch.rand(*shape, 2, generator=g)
@@ -78,15 +79,13 @@ def build_problem(a: argparse.Namespace) -> tuple[dict[str, torch.Tensor], PairT
     g = torch.Generator().manual_seed(a.seed + 1)
     layers = []
     for _ in range(a.layers):
-        layers.append(
-            {
-                "pred_logits": torch.randn(num_pairs, a.queries, 1, generator=g),
-                "pred_boxes": rand_boxes(g, num_pairs, a.queries),
-                "pred_logits_o2m": torch.randn(num_pairs, a.queries, 1, generator=g),
-                "pred_boxes_o2m": rand_boxes(g, num_pairs, a.queries),
-                "presence_logit_dec": torch.randn(num_pairs, 1, generator=g),
-            }
-        )
+        layers.append({
+            "pred_logits": torch.randn(num_pairs, a.queries, 1, generator=g),
+            "pred_boxes": rand_boxes(g, num_pairs, a.queries),
+            "pred_logits_o2m": torch.randn(num_pairs, a.queries, 1, generator=g),
+            "pred_boxes_o2m": rand_boxes(g, num_pairs, a.queries),
+            "presence_logit_dec": torch.randn(num_pairs, 1, generator=g),
+        })
     return head, targets, layers
 
 
@@ -151,30 +150,10 @@ def run_meta(a: argparse.Namespace) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "meta.json"
         cmd = [
-            a.oracle_python,
-            str(SHARED_SCRIPT),
-            "--threads",
-            str(a.threads),
-            "--reps",
-            str(a.reps),
-            "--rounds",
-            str(a.rounds),
-            "--seed",
-            str(a.seed),
-            "--frames",
-            str(a.frames),
-            "--prompts",
-            str(a.prompts),
-            "--queries",
-            str(a.queries),
-            "--max-targets",
-            str(a.max_targets),
-            "--zero-pairs",
-            str(a.zero_pairs),
-            "--layers",
-            str(a.layers),
-            "--json-out",
-            str(out),
+            a.oracle_python, str(SHARED_SCRIPT), "--threads", str(a.threads), "--reps", str(a.reps),
+            "--rounds", str(a.rounds), "--seed", str(a.seed), "--frames", str(a.frames), "--prompts", str(a.prompts),
+            "--queries", str(a.queries), "--max-targets", str(a.max_targets), "--zero-pairs", str(a.zero_pairs),
+            "--layers", str(a.layers), "--json-out", str(out),
         ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
@@ -222,51 +201,33 @@ def main() -> None:
             total, _ = criterion(stack_output(layers, grad), targets, LossNormalization.local(targets))
             if grad:
                 total.backward()
-
         return run
 
     L, P = a.layers, num_pairs
     rows = {
         "o2o matcher, batched": lambda: matcher(o2o, targets),
-        "o2o matcher, per-pair loop": lambda: [
-            matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets, strict=True)
-        ],
+        "o2o matcher, per-pair loop": lambda: [matcher(o, t) for o, t in zip(per_pair_o2o, per_pair_targets, strict=True)],
         "o2m matcher, batched": lambda: o2m_matcher(o2m_head, targets),
-        "o2m matcher, per-pair loop": lambda: [
-            o2m_matcher(o, t) for o, t in zip(per_pair_o2m, per_pair_targets, strict=True)
-        ],
+        "o2m matcher, per-pair loop": lambda: [o2m_matcher(o, t) for o, t in zip(per_pair_o2m, per_pair_targets, strict=True)],
         f"stack {L} layers + o2m: loss fwd": loss(False),
         f"stack {L} layers + o2m: loss fwd+bwd": loss(True),
     }
     # Our row -> the shared script's row measuring the same thing.
-    meta_rows = dict(
-        zip(
-            rows,
-            [
-                f"o2o matcher, batched (1 call, B={P})",
-                f"o2o matcher, per pair ({P} calls, B=1)",
-                f"o2m matcher, batched (1 call, B={P})",
-                f"o2m matcher, per pair ({P} calls, B=1)",
-                f"stack {L} layers: match+o2m+loss fwd",
-                f"stack {L} layers: match+o2m+loss fwd+bwd",
-            ],
-            strict=True,
-        )
-    )
+    meta_rows = dict(zip(rows, [
+        f"o2o matcher, batched (1 call, B={P})", f"o2o matcher, per pair ({P} calls, B=1)",
+        f"o2m matcher, batched (1 call, B={P})", f"o2m matcher, per pair ({P} calls, B=1)",
+        f"stack {L} layers: match+o2m+loss fwd", f"stack {L} layers: match+o2m+loss fwd+bwd",
+    ], strict=True))
     samples: dict[str, list[float]] = {}
     per_round = max(1, -(-a.reps // a.rounds))
     for _ in range(a.rounds):
         for name, fn in rows.items():
             samples.setdefault(name, []).extend(timed_ms(fn, per_round, a.warmup))
 
-    print(
-        f"torch {torch.__version__}  threads {a.threads}  P={P} ({a.frames} frames x {a.prompts} prompts)"
-        f"  Q={a.queries}"
-    )
-    print(
-        f"visible targets {num_boxes}  o2o matches {len(batched)}  o2m matches {num_o2m} (each query once)"
-        + (f"  [Meta: o2o {meta['o2o_matches']}, o2m {meta['o2m_matches']}]" if meta else "")
-    )
+    print(f"torch {torch.__version__}  threads {a.threads}  P={P} ({a.frames} frames x {a.prompts} prompts)"
+          f"  Q={a.queries}")
+    print(f"visible targets {num_boxes}  o2o matches {len(batched)}  o2m matches {num_o2m} (each query once)"
+          + (f"  [Meta: o2o {meta['o2o_matches']}, o2m {meta['o2m_matches']}]" if meta else ""))
     header = f"{'wall ms, median (min)':<40s}{'ours':>18s}" + (f"{'Meta':>18s}{'Meta/ours':>11s}" if meta else "")
     print(header)
     print("-" * len(header))

@@ -240,14 +240,6 @@ class BitMasks(_Movable):
         else:
             bits = _pack_bits_tensor(flat)
         return BitMasks(bits=bits, height=height, width=width)
-        pad = -(height * width) % 8
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(num, pad)], dim=1)
-        octets = flat.reshape(num, flat.shape[1] // 8, 8)  # (K, ceil(H W / 8), 8)
-        bits = octets[..., 0].to(torch.uint8)
-        for j in range(1, 8):
-            bits |= octets[..., j].to(torch.uint8) << j
-        return BitMasks(bits=bits, height=height, width=width)
 
     def unpack(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(M, H, W) bool: masks `rows` ((M,) int64), or all K masks when `rows` is None."""
