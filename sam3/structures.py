@@ -131,7 +131,7 @@ class PairTargets(_Movable):
     """Ground truth batched over (frame, prompt) pairs: boxes and flags padded per pair, masks packed.
 
     Every instance (masklet) of a prompt keeps its slot across the frames of a clip; in a frame where
-    it is not visible it stays as a placeholder (`is_visible` False, zero box, empty mask). Slots past
+    it is not visible it stays as a placeholder (`is_visible` False, zero box, no mask stored). Slots past
     a pair's `num_instances` are padding (`object_ids` -1). Only visible instances may be matched.
 
     Attributes:
