@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 _T = TypeVar("_T")
@@ -127,10 +128,10 @@ class PairIndex(_Movable):
 
 @dataclass
 class PairTargets(_Movable):
-    """Ground truth batched over (frame, prompt) pairs, padded per pair.
+    """Ground truth batched over (frame, prompt) pairs: boxes and flags padded per pair, masks packed.
 
     Every instance (masklet) of a prompt keeps its slot across the frames of a clip; in a frame where
-    it is not visible it stays as a placeholder (`is_visible` False, zero box, empty mask). Slots past
+    it is not visible it stays as a placeholder (`is_visible` False, zero box, no mask stored). Slots past
     a pair's `num_instances` are padding (`object_ids` -1). Only visible instances may be matched.
 
     Attributes:
@@ -144,8 +145,10 @@ class PairTargets(_Movable):
             may be supervised as negatives.
         is_positive: (Npairs,) bool; the prompt has at least one masklet in the clip (False for a
             negative prompt, whose pairs have no instances).
-        masks_padded: (Npairs, Nmax, H, W) bool at the model's input resolution, or None when the
-            dataset carries no masks; all-False for placeholders and padding.
+        masks: the masks of the visible instances at the model's input resolution, packed in the
+            order of `packed_pair_idx` (pair, then slot) and stored one bit per pixel (`BitMasks`), or
+            None when the dataset carries no masks. Placeholders and padding, always empty, are not
+            stored: `mask_rows` maps a visible (pair, slot) to its row.
         clip_keys: (B,) int64 in [0, 2^31), indexed by `pairs.clip_idx`; a key of each clip's
             identity (its dataset key), the same on every rank, that seeds per-pair randomness such as
             mask point sampling. None: the clip's index in the batch stands in.
@@ -159,7 +162,7 @@ class PairTargets(_Movable):
     num_instances: torch.Tensor
     is_exhaustive: torch.Tensor
     is_positive: torch.Tensor
-    masks_padded: torch.Tensor | None = None
+    masks: BitMasks | None = None
     clip_keys: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -194,9 +197,56 @@ class PairTargets(_Movable):
     @property
     def packed_masks(self) -> torch.Tensor | None:
         """(Nvis, H, W) bool: masks of the visible instances, packed; None without masks."""
-        if self.masks_padded is None:
-            return None
-        return self.masks_padded[self.is_visible_padded]
+        return None if self.masks is None else self.masks.unpack()
+
+    def mask_rows(self, pair_idx: torch.Tensor, slot_idx: torch.Tensor) -> torch.Tensor:
+        """(M,) int64: the row of `masks` of visible instances (`pair_idx`, `slot_idx`), both (M,) int64.
+
+        Rows are counted on the device (a cumulative sum over the visibility mask, no host sync); an
+        invisible slot has no row, and asking for one is a caller's error that this does not check.
+        """
+        num_slots = self.is_visible_padded.shape[1]
+        rows = self.is_visible_padded.reshape(-1).cumsum(0) - 1  # (Npairs * Nmax,)
+        return rows[pair_idx * num_slots + slot_idx]
+
+
+@dataclass
+class BitMasks(_Movable):
+    """K boolean masks of one size, stored one bit per pixel (8x less memory than bool).
+
+    Pixel i = y * W + x of mask k is bit i % 8 (least significant first) of `bits[k, i // 8]`; the
+    bits past H * W in a mask's last byte are 0.
+
+    Attributes:
+        bits: (K, ceil(H * W / 8)) uint8.
+        height: H.
+        width: W.
+    """
+
+    bits: torch.Tensor
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return int(self.bits.shape[0])
+
+    @staticmethod
+    def pack(masks: torch.Tensor) -> BitMasks:
+        """Packs (K, H, W) bool masks (on the CPU with numpy's `packbits`, 20x faster than tensor ops)."""
+        num, height, width = masks.shape
+        flat = masks.reshape(num, height * width)
+        if flat.device.type == "cpu":
+            bits = torch.from_numpy(np.packbits(flat.numpy(), axis=1, bitorder="little"))
+        else:
+            bits = _pack_bits_tensor(flat)
+        return BitMasks(bits=bits, height=height, width=width)
+
+    def unpack(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, H, W) bool: masks `rows` ((M,) int64), or all K masks when `rows` is None."""
+        bits = self.bits if rows is None else self.bits[rows]
+        shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+        flat = (bits.unsqueeze(-1) >> shifts).bitwise_and_(1).bool().reshape(len(bits), bits.shape[1] * 8)
+        return flat[:, : self.height * self.width].reshape(len(bits), self.height, self.width)
 
 
 @dataclass
@@ -299,3 +349,16 @@ class DetectorOutput(_Movable):
         if self.presence_logit_dec is not None:
             scores = scores * self.presence_logit_dec.sigmoid()
         return scores
+
+
+def _pack_bits_tensor(flat: torch.Tensor) -> torch.Tensor:
+    """(K, P) bool -> (K, ceil(P / 8)) uint8 with tensor ops on any device (`BitMasks` bit order)."""
+    num, length = flat.shape
+    pad = -length % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(num, pad)], dim=1)
+    octets = flat.reshape(num, flat.shape[1] // 8, 8)  # (K, ceil(P / 8), 8)
+    bits = octets[..., 0].to(torch.uint8)
+    for j in range(1, 8):
+        bits |= octets[..., j].to(torch.uint8) << j
+    return bits

@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from sam3.structures import ClipBatch, DetectorOutput, FrameMeta, PairIndex, PairTargets
+from sam3.structures import BitMasks, ClipBatch, DetectorOutput, FrameMeta, PairIndex, PairTargets, _pack_bits_tensor
 
 
 def _batch() -> ClipBatch:
@@ -30,7 +31,7 @@ def _batch() -> ClipBatch:
         num_instances=torch.full((num_pairs,), 2),
         is_exhaustive=torch.ones(num_pairs, dtype=torch.bool),
         is_positive=torch.ones(num_pairs, dtype=torch.bool),
-        masks_padded=torch.zeros(num_pairs, 2, 8, 8, dtype=torch.bool),
+        masks=BitMasks.pack(torch.zeros(3, 8, 8, dtype=torch.bool)),
     )
     return ClipBatch(
         images=torch.zeros(3, 3, 8, 8),
@@ -87,6 +88,22 @@ def test_to_moves_every_tensor_including_nested_outputs():
     assert moved.aux_outputs[0].pred_boxes.device.type == "meta"
     assert out.scores().shape == (2, 5)
     torch.testing.assert_close(out.scores(), torch.full((2, 5), 0.25))
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 13), (0, 8, 8), (2, 1, 1), (4, 16, 24)])
+def test_bit_masks_round_trip_and_both_packers_agree(shape):
+    masks = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = BitMasks.pack(masks)
+    assert packed.bits.dtype == torch.uint8 and packed.bits.shape == (shape[0], -(-shape[1] * shape[2] // 8))
+    assert torch.equal(packed.unpack(), masks)
+    assert torch.equal(_pack_bits_tensor(masks.reshape(shape[0], shape[1] * shape[2])), packed.bits)  # the non-CPU path
+    if shape[0] > 1:
+        assert torch.equal(packed.unpack(torch.tensor([1, 0])), masks[[1, 0]])
+
+
+def test_mask_rows_index_the_packed_visible_masks():
+    targets = _batch().targets
+    assert targets.mask_rows(torch.tensor([4, 0, 0]), torch.tensor([1, 1, 0])).tolist() == [2, 1, 0]
 
 
 def test_import_is_light():

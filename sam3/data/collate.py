@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from sam3.data.index import DataError
-from sam3.structures import ClipBatch, FrameMeta, PairIndex, PairTargets
+from sam3.structures import BitMasks, ClipBatch, FrameMeta, PairIndex, PairTargets
 
 
 @dataclass
@@ -99,7 +99,8 @@ class BadBatch:
 
 
 def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
-    """Batches clips: local frames concatenated clip by clip, targets padded per (frame, prompt) pair.
+    """Batches clips: local frames concatenated clip by clip, targets padded per (frame, prompt) pair
+    except the masks, packed over the visible instances one bit per pixel (`PairTargets.masks`).
 
     Works when some or all clips have no local frame (T < F): the batch then has fewer (or zero) frames
     and pairs but keeps every clip's prompts and `num_frames`. A batch with a `BadClip` is a `BadBatch`.
@@ -125,7 +126,7 @@ def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
     num_pairs = len(pairs)
     max_inst = max((len(inst) for s in samples if len(s.frame_indices) for inst in s.prompt_instances), default=0)
     boxes, visible, object_ids = [], [], []
-    clip_masks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (masks, instance table) per clip
+    masks: list[torch.Tensor] = []  # per clip, (bit-packed) masks of its visible (pair, slot)s
     num_instances, is_exhaustive, is_positive = [], [], []
     for s in samples:
         num_local, num_prompts = len(s.frame_indices), len(s.prompts)
@@ -144,7 +145,7 @@ def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
         visible.append(clip_visible.reshape(local_pairs, max_inst))
         object_ids.append(inst_idx.expand(num_local, -1, -1).reshape(local_pairs, max_inst))
         if has_masks:
-            clip_masks.append((s.masks, inst_idx))
+            masks.append(_visible_mask_bits(s.masks, safe, clip_visible))
         lengths = torch.tensor([len(inst) for inst in s.prompt_instances], dtype=torch.int64)
         num_instances.append(lengths.repeat(num_local))
         is_exhaustive.append(torch.tensor(s.is_exhaustive, dtype=torch.bool).repeat(num_local))
@@ -165,7 +166,9 @@ def collate_clips(samples: list[ClipSample | BadClip]) -> ClipBatch | BadBatch:
         num_instances=cat(num_instances, torch.zeros(0, dtype=torch.int64)),
         is_exhaustive=cat(is_exhaustive, torch.zeros(0, dtype=torch.bool)),
         is_positive=cat(is_positive, torch.zeros(0, dtype=torch.bool)),
-        masks_padded=_gather_masks(clip_masks, num_pairs, max_inst, size) if has_masks else None,
+        masks=BitMasks(cat(masks, torch.zeros(0, -(-size * size // 8), dtype=torch.uint8)), size, size)
+        if has_masks
+        else None,
         clip_keys=torch.tensor([clip_key(s.clip_id) for s in samples], dtype=torch.int64),
     )
     meta = FrameMeta(
@@ -194,22 +197,15 @@ def clip_key(clip_id: Any) -> int:
     return zlib.crc32(repr(clip_id).encode()) & 0x7FFFFFFF
 
 
-def _gather_masks(
-    clips: list[tuple[torch.Tensor, torch.Tensor]], num_pairs: int, max_inst: int, size: int
-) -> torch.Tensor:
-    """Per-pair padded masks (Npairs, Nmax, S, S) from each clip's (F, N, S, S) masks and (P, Nmax) instances.
+def _visible_mask_bits(masks: torch.Tensor, inst_idx: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """(Nvis, ceil(S S / 8)) uint8: the bit-packed masks of a clip's visible (frame, prompt, slot)s.
 
-    Masks at the model's resolution dominate a batch's memory, so each clip is gathered once, straight
-    into its rows of the output; padding (-1 in the instance table) points at an appended empty mask.
+    Args:
+        masks: (F, N, S, S) bool masks of the clip's instances on its local frames.
+        inst_idx: (P, Nmax) instance of each prompt slot (any valid instance where `visible` is False).
+        visible: (F, P, Nmax) bool; rows come out in its (frame, prompt, slot) order, the pair order.
     """
-    out = torch.empty(num_pairs * max_inst, size, size, dtype=torch.bool)
-    row = 0
-    for masks, inst_idx in clips:
-        num_local, num_inst = masks.shape[:2]
-        with_empty = torch.cat([masks, masks.new_zeros(num_local, 1, size, size)], dim=1)  # (F, N + 1, S, S)
-        slots = torch.where(inst_idx >= 0, inst_idx, num_inst)  # (P, Nmax) into the N + 1 slots
-        rows = (torch.arange(num_local)[:, None, None] * (num_inst + 1) + slots).reshape(-1)  # (F * P * Nmax,)
-        torch.index_select(with_empty.reshape(-1, size, size), 0, rows, out=out[row : row + len(rows)])
-        row += len(rows)
-    assert row == len(out), f"gathered {row} mask slots for {len(out)}"
-    return out.reshape(num_pairs, max_inst, size, size)
+    num_local, num_inst, size = masks.shape[0], masks.shape[1], masks.shape[-1]
+    rows = torch.arange(num_local)[:, None, None] * num_inst + inst_idx  # (F, P, Nmax) into the F * N masks
+    picked = masks.reshape(-1, size, size)[rows[visible]]  # (Nvis, S, S) bool
+    return BitMasks.pack(picked).bits

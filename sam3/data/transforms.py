@@ -220,9 +220,15 @@ def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> to
     as in adaptive max pooling (which computes the same, slower).
     """
     in_h, in_w = masks.shape[-2:]
+    if (in_h, in_w) == (height, width):
+        return masks.contiguous()
+    # Each pass gathers whole rows of a contiguous tensor: transposing into a copy first is 2-4x faster
+    # than gathering rows of a transposed view (1080x1920 -> 1008x1008: 0.8 s vs 2.1 s for 96 masks).
     if width / in_w < height / in_h:  # shrink first: the second pass then moves less data
-        return _rows_any(_rows_any(masks.transpose(-1, -2), width).transpose(-1, -2), height).contiguous()
-    return _rows_any(_rows_any(masks, height).transpose(-1, -2), width).transpose(-1, -2).contiguous()
+        columns = _rows_any(masks.transpose(-1, -2).contiguous(), width)  # (..., width, in_h)
+        return _rows_any(columns.transpose(-1, -2).contiguous(), height)
+    rows = _rows_any(masks, height)  # (..., height, in_w)
+    return _rows_any(rows.transpose(-1, -2).contiguous(), width).transpose(-1, -2).contiguous()
 
 
 def _rows_any(masks: torch.Tensor, out_len: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch import nn
 from sam3.loss.functional import (
     dice_loss,
     iou_aware_bce,
-    point_sample_binary,
+    point_sample_bits,
     point_sample_logits,
     sample_keys,
     sigmoid_focal_loss,
@@ -299,17 +299,18 @@ class SetCriterion(nn.Module):
         assert head.matches is not None and head.output.pred_masks is not None, "masks need matches and pred_masks"
         pred_masks = head.output.pred_masks
         matches = head.matches
-        if len(matches) == 0 or targets.masks_padded is None:
+        if len(matches) == 0 or targets.masks is None:
             zero = pred_masks.sum() * 0.0  # keeps the graph connected
             return {"loss_mask": zero, "loss_dice": zero}
         cfg = self.masks
         src = pred_masks[matches.pair_idx, matches.query_idx].float()  # (M, h, w)
-        num_slots, height, width = targets.masks_padded.shape[1:]
-        target_idx = matches.pair_idx * num_slots + matches.target_idx  # (M,) into the flattened slots
+        target_masks = targets.masks
+        height, width = target_masks.height, target_masks.width
+        rows = targets.mask_rows(matches.pair_idx, matches.target_idx)  # (M,) into the packed visible masks
         if cfg.num_points is None:
             src_values = F.interpolate(src.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
             src_values = src_values.flatten(1)  # (M, H W)
-            target_values = targets.masks_padded.reshape(-1, height * width)[target_idx].float()  # (M, H W)
+            target_values = target_masks.unpack(rows).reshape(-1, height * width).float()  # (M, H W)
         else:
             pairs = targets.pairs
             keys = sample_keys(
@@ -324,9 +325,7 @@ class SetCriterion(nn.Module):
                 src, keys, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio
             )  # (M, P, 2)
             with torch.no_grad():
-                target_values = point_sample_binary(
-                    targets.masks_padded.reshape(-1, height, width), target_idx, coords
-                )  # (M, P)
+                target_values = point_sample_bits(target_masks.bits, height, width, rows, coords)  # (M, P)
             src_values = point_sample_logits(src, coords)  # (M, P)
         focal = sigmoid_focal_loss(src_values, target_values, cfg.focal_alpha, cfg.focal_gamma).mean(-1)
         return {"loss_mask": focal.sum(), "loss_dice": dice_loss(src_values, target_values).sum()}

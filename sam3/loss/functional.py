@@ -26,7 +26,7 @@ __all__ = [
     "hash_uniform_points",
     "uncertain_point_coords",
     "point_sample_logits",
-    "point_sample_binary",
+    "point_sample_bits",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -179,33 +179,37 @@ def point_sample_logits(mask_logits: torch.Tensor, coords: torch.Tensor) -> torc
     return sampled.flatten(1)
 
 
-def point_sample_binary(masks: torch.Tensor, mask_idx: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of boolean masks at normalised points, without converting whole masks to float.
+def point_sample_bits(
+    bits: torch.Tensor, height: int, width: int, mask_idx: torch.Tensor, coords: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear values of bit-packed boolean masks at normalised points, reading only the bits needed.
 
     Same convention as `point_sample_logits` (pixel centres at (i + 0.5) / size, border padding), so
     a point reads the same place of a target mask at any resolution.
 
     Args:
-        masks: (K, H, W) bool.
+        bits: (K, ceil(H W / 8)) uint8 masks, one bit per pixel (`sam3.structures.BitMasks.bits`).
+        height: H.
+        width: W.
         mask_idx: (M,) int64; which mask each row of `coords` reads.
         coords: (M, P, 2) normalised (x, y) in [0, 1].
 
     Returns:
         (M, P) float32 values in [0, 1].
     """
-    height, width = masks.shape[-2:]
-    flat = masks.reshape(-1)
+    flat = bits.reshape(-1)
     px = coords[..., 0].float() * width - 0.5
     py = coords[..., 1].float() * height - 0.5
     x0, y0 = px.floor(), py.floor()
     wx, wy = px - x0, py - y0
     x0, y0 = x0.long(), y0.long()
-    base = (mask_idx * (height * width)).unsqueeze(-1)  # (M, 1)
+    base = (mask_idx * (bits.shape[1] * 8)).unsqueeze(-1)  # (M, 1) first bit of each mask
     out = torch.zeros_like(px)
     for dy, weight_y in ((0, 1 - wy), (1, wy)):
         for dx, weight_x in ((0, 1 - wx), (1, wx)):
             index = base + (y0 + dy).clamp(0, height - 1) * width + (x0 + dx).clamp(0, width - 1)
-            out = out + flat[index].float() * weight_x * weight_y
+            value = (flat[index >> 3] >> (index & 7).to(torch.uint8)) & 1
+            out = out + value.float() * weight_x * weight_y
     return out
 
 

@@ -38,7 +38,7 @@ class Matches:
         pair_idx: (M,) int64; the pair of the match.
         query_idx: (M,) int64; the matched query, in [0, Q).
         target_idx: (M,) int64; the matched instance slot of the pair, in [0, Nmax) (indexes
-            `PairTargets.boxes_padded` and `masks_padded` along dim 1).
+            `PairTargets.boxes_padded` along dim 1; `PairTargets.mask_rows` finds its mask).
     """
 
     pair_idx: torch.Tensor

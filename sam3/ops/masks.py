@@ -61,8 +61,9 @@ def rle_decode(rles: list[RLE]) -> torch.Tensor:
     if not rles:
         raise ValueError("rle_decode needs at least one RLE (the size of an empty list is unknown)")
     compressed = [_as_compressed(rle) for rle in rles]
-    array = coco_mask.decode(compressed)  # (H, W, N) uint8
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).bool()
+    array = coco_mask.decode(compressed)  # (H, W, N) uint8 of 0 and 1, column-major
+    # Viewed as bool without a copy: a byte of 0 or 1 is a valid bool (one pass less over N x H x W).
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).view(torch.bool)
 
 
 def rle_problem(rle: RLE) -> str | None:

@@ -67,7 +67,7 @@ from sam3.loss import (
 )
 from sam3.loss.normalization import LossNormalization
 from sam3.ops.boxes import box_cxcywh_to_xyxy
-from sam3.structures import DetectorOutput, PairIndex, PairTargets
+from sam3.structures import BitMasks, DetectorOutput, PairIndex, PairTargets
 
 __all__ = ["ProblemConfig", "Problem", "build_problem", "build_our_criterion", "main"]
 
@@ -147,14 +147,14 @@ class Problem:
         num_frames = int(t.pairs.frame_idx.max()) + 1
         num_prompts = int(t.pairs.prompt_idx.max()) + 1
         empty = t.num_boxes == 0
-        assert t.masks_padded is not None and self.outputs.pred_masks is not None, "problems carry masks"
+        assert t.masks is not None and self.outputs.pred_masks is not None, "problems carry masks"
         return (
             f"{num_frames} frames x {num_prompts} prompts = {len(t)} pairs, Q {self.outputs.num_queries}, "
             f"{len(self.layers)} decoder layers + o2m; {t.total_boxes} visible targets; "
             f"{int(empty.sum())} pairs without a visible target ({int((empty & (t.num_instances > 0)).sum())} "
             f"with invisible placeholders); {int((~t.is_exhaustive).sum())} non-exhaustive pairs "
             f"({int((~t.is_exhaustive & ~empty).sum())} with visible targets); masks "
-            f"{tuple(self.outputs.pred_masks.shape[-2:])} predicted, {tuple(t.masks_padded.shape[-2:])} targets"
+            f"{tuple(self.outputs.pred_masks.shape[-2:])} predicted, {(t.masks.height, t.masks.width)} targets"
         )
 
 
@@ -208,7 +208,7 @@ def build_problem(seed: int, config: ProblemConfig = ProblemConfig()) -> Problem
         num_instances=pair_instances,
         is_exhaustive=exhaustive.repeat(num_frames),
         is_positive=pair_instances > 0,
-        masks_padded=_ellipse_masks(boxes, mask_size) & is_visible[..., None, None],
+        masks=BitMasks.pack(_ellipse_masks(boxes[is_visible], mask_size)),  # (Nvis, S, S) visible only
     )
 
     o2o, o2m = [], []
@@ -237,7 +237,7 @@ def oracle_tensors(problem: Problem) -> dict[str, torch.Tensor]:
     if not torch.equal(targets.is_visible_padded, first_slots):
         raise ValueError("oracle_tensors: Meta's layout needs the visible targets first in each pair's slots")
     o2o, o2m = problem.layers, problem.o2m_layers
-    assert problem.outputs.o2m is not None and targets.masks_padded is not None, "problems carry o2m and masks"
+    assert problem.outputs.o2m is not None and targets.packed_masks is not None, "problems carry o2m and masks"
     return {
         "pred_logits": torch.stack([out.pred_logits for out in o2o]),  # (D, Npairs, Q, 1)
         "pred_boxes": torch.stack([out.pred_boxes for out in o2o]),  # (D, Npairs, Q, 4)
@@ -250,7 +250,7 @@ def oracle_tensors(problem: Problem) -> dict[str, torch.Tensor]:
         "num_boxes": targets.num_boxes,
         "object_ids_padded": targets.object_ids_padded,
         "is_exhaustive": targets.is_exhaustive,
-        "masks": targets.masks_padded[targets.is_visible_padded],  # (Nvis, H, W) packed
+        "masks": targets.packed_masks,  # (Nvis, H, W)
     }
 
 

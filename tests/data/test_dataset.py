@@ -71,7 +71,7 @@ def test_rank_without_frames_gets_a_valid_empty_batch(shapes_dir):
     assert batch.num_frames.tolist() == [2, 2] and batch.num_local_frames == 0 and batch.num_pairs == 0
     assert all(batch.prompts) and batch.texts
     targets = batch.targets
-    assert targets.boxes_padded.shape[0] == 0 and targets.masks_padded.shape[0] == 0 and targets.total_boxes == 0
+    assert targets.boxes_padded.shape[0] == 0 and len(targets.masks) == 0 and targets.total_boxes == 0
     # A rank holding one of the two frames.
     other = _dataset(shapes_dir, group_size=4, group_rank=1, clip_sampling=short)
     mixed = collate_clips([other[(0, 0)], dataset[(0, 1)]])
@@ -95,7 +95,7 @@ def test_collate_matches_the_pair_contract(shapes_dir):
     assert batch.num_pairs == sum(n * len(s.prompts) for n, s in zip(num_local, samples, strict=True))
     assert all(len(p) <= 6 for p in batch.prompts)
     targets = batch.targets
-    assert targets.pairs is batch.pairs and targets.masks_padded.dtype == torch.bool
+    assert targets.pairs is batch.pairs and len(targets.masks) == targets.total_boxes
     for pair in range(batch.num_pairs):
         index = batch.pairs
         clip, slot, prompt = (int(x[pair]) for x in (index.clip_idx, index.frame_slot, index.prompt_idx))
@@ -108,10 +108,12 @@ def test_collate_matches_the_pair_contract(shapes_dir):
         assert targets.is_positive[pair] == sample.is_positive[prompt] == (n > 0)
         assert targets.num_boxes[pair] == sample.is_visible[local, inst].sum()
         vis = targets.is_visible_padded[pair]
-        # Placeholders: zero box, empty mask; visible boxes are the boxes of their masks (within 1 px).
-        assert (targets.boxes_padded[pair][~vis] == 0).all() and not targets.masks_padded[pair][~vis].any()
+        # Placeholders: zero box, no mask; visible boxes are the boxes of their masks (within 1 px).
+        assert (targets.boxes_padded[pair][~vis] == 0).all()
         boxes = box_cxcywh_to_xyxy(targets.boxes_padded[pair][vis]) * 48
-        assert ((masks_to_boxes_xyxy(targets.masks_padded[pair][vis]) - boxes).abs() <= 1.0 + 1e-4).all()
+        masks = targets.masks.unpack(targets.mask_rows(torch.full((int(vis.sum()),), pair), vis.nonzero()[:, 0]))
+        assert torch.equal(masks, sample.masks[local, torch.tensor(inst, dtype=torch.int64)[vis[:n]]])
+        assert ((masks_to_boxes_xyxy(masks) - boxes).abs() <= 1.0 + 1e-4).all()
     # An instance keeps its slot and id on every frame of its clip.
     clip0 = (batch.pairs.clip_idx == 0) & (batch.pairs.prompt_idx == 0)
     ids = targets.object_ids_padded[clip0]
@@ -135,7 +137,7 @@ def test_eval_yields_whole_videos_split_over_ranks(shapes_dir):
     half = _dataset(shapes_dir, train=False, group_size=2, group_rank=1)[(0, 2)]
     assert half.frame_indices.tolist() == [1, 3, 5] and torch.equal(half.images, sample.images[1::2])
     boxes_only = collate_clips([_dataset(shapes_dir, train=False, load_masks=False)[(0, 2)]])
-    assert boxes_only.targets.masks_padded is None
+    assert boxes_only.targets.masks is None
     assert torch.equal(boxes_only.targets.boxes_padded, collate_clips([sample]).targets.boxes_padded)
 
 
@@ -151,7 +153,7 @@ def test_dataloader_workers_give_the_same_batches(shapes_dir):
     assert len(batches[0]) == len(batches[1]) == 3
     for a, b in zip(*batches, strict=True):
         assert a.clip_ids == b.clip_ids and a.prompts == b.prompts
-        assert torch.equal(a.images, b.images) and torch.equal(a.targets.masks_padded, b.targets.masks_padded)
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets.masks.bits, b.targets.masks.bits)
 
 
 def _sample(num_local: int, prompt_instances: list[list[int]], num_inst: int, clip_id: int) -> ClipSample:
@@ -186,9 +188,10 @@ def test_collate_clip_without_instances_beside_one_with():
     assert targets.is_visible_padded[:, 0].tolist() == [False, False, True, True, False, True, False, False]
     assert targets.num_boxes.tolist() == [1, 0, 1, 2, 0, 1, 0, 0]
     assert torch.equal(targets.boxes_padded[3, 1], with_inst.boxes_cxcywh[1, 2])
-    assert not targets.masks_padded[0, 0].any() and targets.masks_padded[0, 1].all()
+    # Masks of visible slots only, pair then slot order: (pair 0, slot 1), (2, 0), (3, 0), (3, 1), (5, 0).
+    assert len(targets.masks) == 5 and targets.packed_masks.all()
     assert targets.is_positive.tolist() == [True, False, True, True, False, True, False, False]
-    assert not targets.masks_padded[6:].any() and (targets.object_ids_padded[6:] == -1).all()
+    assert (targets.object_ids_padded[6:] == -1).all()
 
 
 def test_collate_batch_whose_prompts_are_all_negatives():
@@ -197,5 +200,5 @@ def test_collate_batch_whose_prompts_are_all_negatives():
     targets = batch.targets
     assert batch.num_pairs == 2 * 3 + 1
     assert targets.boxes_padded.shape == (7, 0, 4) and targets.is_visible_padded.shape == (7, 0)
-    assert targets.masks_padded.shape == (7, 0, 8, 8)
+    assert len(targets.masks) == 0
     assert targets.num_boxes.tolist() == [0] * 7 and not targets.is_positive.any()

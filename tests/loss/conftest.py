@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sam3.ops.boxes import box_cxcywh_to_xyxy
-from sam3.structures import DetectorOutput, PairIndex, PairTargets
+from sam3.structures import BitMasks, DetectorOutput, PairIndex, PairTargets
 
 
 def random_boxes(generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ def make_targets(
         centres = (torch.arange(mask_size) + 0.5) / mask_size
         inside_x = (centres >= xyxy[..., 0, None]) & (centres <= xyxy[..., 2, None])  # (Np, N, W)
         inside_y = (centres >= xyxy[..., 1, None]) & (centres <= xyxy[..., 3, None])  # (Np, N, H)
-        masks = inside_y[..., :, None] & inside_x[..., None, :] & visible[..., None, None]
+        masks = BitMasks.pack((inside_y[..., :, None] & inside_x[..., None, :])[visible])  # (Nvis, S, S)
     pair_ids = torch.arange(num_pairs)
     pairs = PairIndex(
         clip_idx=torch.zeros(num_pairs, dtype=torch.int64),
@@ -57,7 +57,7 @@ def make_targets(
         num_instances=num_instances,
         is_exhaustive=torch.rand(num_pairs, generator=generator) < 0.7,
         is_positive=num_instances > 0,
-        masks_padded=masks,
+        masks=masks,
     )
 
 
@@ -106,9 +106,16 @@ def select_pairs(value, index: torch.Tensor):
         num_instances=value.num_instances[index],
         is_exhaustive=value.is_exhaustive[index],
         is_positive=value.is_positive[index],
-        masks_padded=None if value.masks_padded is None else value.masks_padded[index],
+        masks=None if value.masks is None else _select_masks(value, index),
         clip_keys=value.clip_keys,
     )
+
+
+def _select_masks(targets: PairTargets, index: torch.Tensor) -> BitMasks:
+    """The packed masks of the visible instances of pairs `index`, in their new pair order."""
+    visible = targets.is_visible_padded
+    rows = (visible.reshape(-1).cumsum(0) - 1).reshape(visible.shape)  # (Npairs, Nmax) packed row of each slot
+    return dataclasses.replace(targets.masks, bits=targets.masks.bits[rows[index][visible[index]]])
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sam3.loss import ClassificationLoss, HungarianMatcher, LossWeights, MaskLoss, OneToManyMatcher, SetCriterion
 from sam3.loss.normalization import LossCounts, LossNormalization
 from sam3.ops.boxes import box_cxcywh_to_xyxy
-from sam3.structures import DetectorOutput, PairIndex, PairTargets
+from sam3.structures import BitMasks, DetectorOutput, PairIndex, PairTargets
 
 SMALL_MASKS = MaskLoss(num_points=64, oversample_ratio=3.0, importance_sample_ratio=0.75)
 
@@ -43,7 +43,7 @@ def _one_pair(mask_logit: float = 2.0) -> tuple[DetectorOutput, PairTargets]:
         num_instances=torch.tensor([1]),
         is_exhaustive=torch.tensor([True]),
         is_positive=torch.tensor([True]),
-        masks_padded=torch.stack([torch.ones(8, 8, dtype=torch.bool), torch.zeros(8, 8, dtype=torch.bool)])[None],
+        masks=BitMasks.pack(torch.ones(1, 8, 8, dtype=torch.bool)),  # slot 0, the only visible one
     )
     return output, targets
 
@@ -124,12 +124,14 @@ def test_split_batch_sums_to_whole_batch(problem, pair_subset, with_masks: bool)
 def test_target_slot_permutation_leaves_loss_unchanged(problem) -> None:
     outputs, targets = problem(seed=5, mask_size=8, target_mask_size=16)
     perm = torch.tensor([3, 0, 4, 1, 2])
+    padded = torch.zeros(*targets.is_visible_padded.shape, 16, 16, dtype=torch.bool)
+    padded[targets.is_visible_padded] = targets.packed_masks
     permuted = dataclasses.replace(
         targets,
         boxes_padded=targets.boxes_padded[:, perm],
         is_visible_padded=targets.is_visible_padded[:, perm],
         object_ids_padded=targets.object_ids_padded[:, perm],
-        masks_padded=targets.masks_padded[:, perm],
+        masks=BitMasks.pack(padded[:, perm][targets.is_visible_padded[:, perm]]),
     )
     criterion = _criterion()
     total, _ = criterion(outputs, targets, LossNormalization.local(targets), step=1)
@@ -148,7 +150,8 @@ def test_perfect_predictions_give_near_zero_box_and_mask_losses(problem) -> None
         for slot in targets.is_visible_padded[pair].nonzero().flatten().tolist():
             boxes[pair, slot] = targets.boxes_padded[pair, slot]
             logits[pair, slot] = 12.0
-            mask_logits[pair, slot] = torch.where(targets.masks_padded[pair, slot], 30.0, -30.0)
+            target_mask = targets.masks.unpack(targets.mask_rows(torch.tensor([pair]), torch.tensor([slot])))[0]
+            mask_logits[pair, slot] = torch.where(target_mask, 30.0, -30.0)
     output = DetectorOutput(
         pred_logits=logits,
         pred_boxes=boxes,
@@ -205,7 +208,7 @@ def _ce_only(outputs: DetectorOutput, targets: PairTargets) -> torch.Tensor:
 
 def test_mask_loss_is_zero_without_target_masks(problem) -> None:
     outputs, targets = problem(seed=9, mask_size=8)
-    assert targets.masks_padded is None
+    assert targets.masks is None
     total, parts = _criterion()(outputs, targets, LossNormalization.local(targets))
     assert parts["loss_mask"].item() == 0 and parts["loss_dice"].item() == 0
     total.backward()
@@ -279,7 +282,7 @@ def test_dense_mask_loss_upsamples_logits_to_the_target_resolution(problem) -> N
     matches = HungarianMatcher()(outputs, targets)
     src = outputs.pred_masks[matches.pair_idx, matches.query_idx][:, None]
     src = F.interpolate(src, size=(16, 16), mode="bilinear", align_corners=False).flatten(1)
-    tgt = targets.masks_padded[matches.pair_idx, matches.target_idx].flatten(1).float()
+    tgt = targets.masks.unpack(targets.mask_rows(matches.pair_idx, matches.target_idx)).flatten(1).float()
     prob = src.sigmoid()
     ce = F.binary_cross_entropy_with_logits(src, tgt, reduction="none")
     p_t = prob * tgt + (1 - prob) * (1 - tgt)

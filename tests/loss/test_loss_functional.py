@@ -12,12 +12,13 @@ from sam3.loss.functional import (
     dice_loss,
     hash_uniform_points,
     iou_aware_bce,
-    point_sample_binary,
+    point_sample_bits,
     point_sample_logits,
     sample_keys,
     sigmoid_focal_loss,
     uncertain_point_coords,
 )
+from sam3.structures import BitMasks
 
 LOG2 = math.log(2)
 
@@ -74,12 +75,12 @@ def test_hash_points_uniform_and_per_key() -> None:
     assert not torch.equal(points[0], points[1])
 
 
-def test_point_sample_binary_equals_grid_sample(generator) -> None:
-    masks = torch.rand(3, 9, 13, generator=generator) > 0.5
+def test_point_sample_bits_equals_grid_sample(generator) -> None:
+    masks = torch.rand(3, 9, 13, generator=generator) > 0.5  # 117 pixels: the last byte is partly padding
     mask_idx = torch.tensor([2, 0, 1, 2])
     coords = torch.rand(4, 50, 2, generator=generator)
     expected = point_sample_logits(masks.float()[mask_idx], coords)
-    torch.testing.assert_close(point_sample_binary(masks, mask_idx, coords), expected)
+    torch.testing.assert_close(point_sample_bits(BitMasks.pack(masks).bits, 9, 13, mask_idx, coords), expected)
 
 
 def test_point_sample_reads_same_place_at_any_resolution() -> None:
@@ -88,7 +89,8 @@ def test_point_sample_reads_same_place_at_any_resolution() -> None:
     for size in (8, 64):
         mask = torch.zeros(1, size, size, dtype=torch.bool)
         mask[..., : size // 2] = True
-        torch.testing.assert_close(point_sample_binary(mask, torch.tensor([0]), coords), torch.tensor([[1.0, 0.0]]))
+        values = point_sample_bits(BitMasks.pack(mask).bits, size, size, torch.tensor([0]), coords)
+        torch.testing.assert_close(values, torch.tensor([[1.0, 0.0]]))
 
 
 def test_uncertain_points_prefer_the_boundary() -> None:

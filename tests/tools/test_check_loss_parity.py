@@ -30,8 +30,8 @@ def test_problem_has_every_kind_of_pair_and_the_models_layout(seed: int) -> None
     assert torch.equal(targets.is_visible_padded, slots < targets.num_boxes[:, None])
     assert torch.equal(targets.object_ids_padded >= 0, slots < targets.num_instances[:, None])
     assert (targets.boxes_padded[~targets.is_visible_padded] == 0).all()
-    assert targets.masks_padded is not None and targets.masks_padded.shape[-1] in (64, 128)
-    assert not targets.masks_padded[~targets.is_visible_padded].any()
+    assert targets.masks is not None and targets.masks.width in (64, 128)
+    assert len(targets.masks) == targets.total_boxes
     # Six layers per branch; presence on every layer (shared by o2m); masks on the final layers only.
     assert len(problem.layers) == len(problem.o2m_layers) == 6
     for o2o, o2m in zip(problem.layers, problem.o2m_layers, strict=True):
