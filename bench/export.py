@@ -4,7 +4,8 @@ measured side by side in one run on the same inputs (text prompts, fp32, `torch.
 Per preset: build (random weights), export with `sam3.export.export_model`, AOTInductor-compile, then
 time each of the three on B images x P prompts (median of `--iters` calls after one warm-up), and
 print images/s and the ratios to eager. `--bf16` adds the three again with bfloat16 autocast (useful
-on a GPU). AOTInductor compilation of the full preset takes minutes on a CPU; `--no-aoti` skips it.
+on a GPU), `--bf16-only` times those alone. AOTInductor compilation of the full preset takes minutes on
+a CPU; `--no-aoti` skips it.
 
     python bench/export.py --presets tiny:224 sam3:1008 --images 2 --prompts 2 --iters 3
 """
@@ -49,7 +50,7 @@ def bench_preset(name: str, image_size: int, a: argparse.Namespace, folder: Path
     model = apply_runtime_policy(build_model(name), eval_mode=True).to(device)
     example = example_inputs(model, image_size=image_size)  # 2 images x 2 prompts: B, P stay dynamic
     check = example_inputs(model, image_size=image_size, num_images=a.images, prompts=PROMPTS[: a.prompts], seed=1)
-    for use_bf16 in (False, True) if a.bf16 else (False,):
+    for use_bf16 in (True,) if a.bf16_only else (False, True) if a.bf16 else (False,):
         label = f"{name} {image_size}px {'bf16' if use_bf16 else 'fp32'} B={a.images} P={a.prompts} {device.type}"
         start = time.perf_counter()
         program = export_model(model, example, use_bf16=use_bf16)
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast exports")
+    parser.add_argument("--bf16-only", action="store_true", help="time only the bfloat16 autocast exports")
     parser.add_argument("--no-aoti", dest="aoti", action="store_false", help="skip AOTInductor")
     a = parser.parse_args()
     if a.threads:

@@ -1,9 +1,10 @@
 """Frame sharding benchmark: one clip of T frames of the tiny model, measured side by side in one run.
 
-    python bench/frame_sharding.py [--frames 8] [--image-size 224] [--repeats 3]
+    python bench/frame_sharding.py [--frames 8] [--image-size 224] [--repeats 3] [--devices auto|cpu|cuda]
 
-Prints, for W = 1 and W = 2 gloo ranks on CPU (1 thread per rank; on CUDA when available, one GPU per
-rank):
+Prints, for W = 1 and W = 2 gloo ranks on CPU (1 thread per rank) and on CUDA (`--devices auto`: CPU,
+then CUDA when there are two GPUs, one GPU per rank; `--devices cuda`: CUDA only, and with one GPU the
+two ranks share it, so W = 2 measures contention, not scaling):
 - training step time (forward + backward of the sharded clip) and the speedup of W = 2 over W = 1;
 - peak memory per rank (RSS on CPU, allocated memory on CUDA);
 - inference frames/s of `VideoGroundingRunner` with async gathers (next chunk computed
@@ -40,7 +41,7 @@ from sam3.train.step import forward_backward
 
 def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
     """Step time, peak memory and inference throughput on this rank (all ranks call it)."""
-    device = torch.device(device_type, get_rank() if device_type == "cuda" else 0)
+    device = torch.device(device_type, get_rank() % torch.cuda.device_count() if device_type == "cuda" else 0)
     group = build_frame_group(None)
     clip = make_clip(config, config.seed + 1)
     batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, group.group_size, group.group_rank))])
@@ -112,15 +113,24 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
-    device_types = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else [])
+    if args.devices == "cuda" and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device is available; use --devices cpu or auto")
+    device_types = {
+        "auto": ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else []),
+        "cpu": ["cpu"],
+        "cuda": ["cuda"],
+    }[args.devices]
     for device_type in device_types:
         torch.set_num_threads(1)
         config = CheckConfig(world_size=1, group_size=1, num_frames=args.frames, image_size=args.image_size)
         loop_s = per_frame_loop(config, args.repeats, device_type)
         results = {}
         for world_size in (1, 2):
-            config = CheckConfig(world_size=world_size, group_size=world_size, num_frames=args.frames, image_size=args.image_size)
+            config = CheckConfig(
+                world_size=world_size, group_size=world_size, num_frames=args.frames, image_size=args.image_size
+            )
             ranks = run_on_local_ranks(measure_rank, world_size, config, args.repeats, device_type, threads_per_rank=1)
             results[world_size] = {
                 "step_s": max(r["step_s"] for r in ranks),
@@ -129,7 +139,10 @@ def main() -> None:
                 "sync": min(r["sync"] for r in ranks),
             }
         one, two = results[1], results[2]
-        print(f"== {device_type}: tiny model, T={args.frames} frames at {args.image_size} px, 1 thread per rank ==")
+        gpus = f", 2 ranks on {torch.cuda.device_count()} GPU(s)" if device_type == "cuda" else ""
+        print(
+            f"== {device_type}: tiny model, T={args.frames} frames at {args.image_size} px, 1 thread per rank{gpus} =="
+        )
         print(f"per-frame loop (1 rank, frames one after another): {loop_s:.3f} s/step")
         for world_size, r in results.items():
             print(

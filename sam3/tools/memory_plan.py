@@ -144,7 +144,7 @@ def plan_memory(
     num_trainable = sum(p.numel() for p in trainable)
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     total_params = sum(p.numel() for p in model.parameters())
-    prompts = _prompts_per_frame(cfg, prompts)
+    prompts = prompts_per_frame(cfg, prompts)
     image_size = int(cfg.data.image_size)
 
     def count(frames: int) -> tuple[int, list[int]]:
@@ -276,13 +276,20 @@ def measure_step_peak(cfg: DictConfig, frames: int, prompts: int = 4) -> tuple[i
     model = build_model(cfg, cpu).train()
     criterion = instantiate(cfg.loss)
     optimizer = build_optimizer(model, instantiate(cfg.optim.optimizer, _convert_="all"))
-    batch = synthetic_batch(frames, _prompts_per_frame(cfg, prompts), int(cfg.data.image_size))
+    batch = synthetic_batch(frames, prompts_per_frame(cfg, prompts), int(cfg.data.image_size))
     gc.collect()
     before = _resident_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak counter restarts from the current size
     forward_backward(model, criterion, [batch], step=0, device=cpu)
     optimizer.step()
     return _resident_bytes("VmHWM") - before, before
+
+
+def prompts_per_frame(cfg: DictConfig, default: int) -> int:
+    """`data.train.prompts.max_prompts`, or `default` where the config sets no cap."""
+    train = cfg.data.get("train") or {}
+    cap = (train.get("prompts") or {}).get("max_prompts")
+    return int(cap) if cap is not None else default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,11 +377,6 @@ def _log_plan(plan: MemoryPlan) -> None:
     )
 
 
-def _prompts_per_frame(cfg: DictConfig, default: int) -> int:
-    """`data.train.prompts.max_prompts`, or `default` where the config sets no cap."""
-    train = cfg.data.get("train") or {}
-    cap = (train.get("prompts") or {}).get("max_prompts")
-    return int(cap) if cap is not None else default
 
 
 def _act_checkpointing(model: nn.Module) -> bool:
