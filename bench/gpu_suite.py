@@ -210,7 +210,9 @@ def sharding_part(options: Options) -> list[Row]:
     ratios = re.search(r"^ratios: (.*)$", output, re.MULTILINE)
     if ratios is None:
         raise RuntimeError(f"bench/frame_sharding.py printed no `ratios:` line; its output:\n{output[-2000:]}")
-    rows.append(Row("sharding", "ratios", ratios.group(1), ""))
+    for ratio in ratios.group(1).split("; "):  # "W=2 vs W=1 step speedup 0.40x; ..."
+        name, _, value = ratio.rpartition(" ")
+        rows.append(Row("sharding", name, value, "ratios: line"))
     return rows
 
 
@@ -389,11 +391,11 @@ def run_isolated(part: str, args: argparse.Namespace, budget_s: float) -> list[R
             done = run_process_group(command, timeout_s=budget_s)
         except subprocess.TimeoutExpired:
             return [Row(part, "error", "timeout", f"killed after its {budget_s:.0f} s budget")]
-        took = f"{time.monotonic() - start:.0f} s"
+        took = f"{time.monotonic() - start:.0f}"
         if done.returncode != 0 or not rows_out.exists():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             reason = lines[-1] if lines else f"exit code {done.returncode}, no output"
-            return [Row(part, "error", f"exit {done.returncode}", f"{reason[:300]} (after {took})")]
+            return [Row(part, "error", f"exit {done.returncode}", f"{reason[:300]} (after {took} s)")]
         rows = [Row(**row) for row in json.loads(rows_out.read_text())]
     return [*rows, Row(part, "part wall s", took, f"budget {budget_s:.0f} s")]
 

@@ -68,6 +68,7 @@ def test_box_masks_fill_the_boxes():
     assert masks[0, 0, 2:6, 2:6].all() and masks.sum() == 16
 
 
+@pytest.mark.slow  # six part processes and the benchmarks' own: 5 min on this shared 2-core CPU
 def test_whole_suite_runs_on_cpu_in_quick_mode():
     """Every part runs its code on CPU with the tiny model and lands in one table, without an error row."""
     done = run_script("--allow-cpu", "--quick", timeout_s=850)
@@ -80,7 +81,7 @@ def test_whole_suite_runs_on_cpu_in_quick_mode():
     metrics = {(row[0], row[1]): row[2] for row in rows}
     assert float(metrics["step", "fwd+bwd s/frame (bf16)"]) > 0
     assert float(metrics["memory", "peak GiB, T=1, act ckpt on"]) > 0
-    assert "speedup" in metrics["sharding", "ratios"]
+    assert metrics["sharding", "W=2 vs W=1 step speedup"].endswith("x")
     assert float(metrics["matcher", "criterion fwd+bwd ms"]) > 0
     assert float(metrics["export", "exported fp32 images/s"]) > 0
 
