@@ -224,6 +224,7 @@ def matcher_part(options: Options) -> list[Row]:
     from hydra.utils import instantiate
 
     from sam3.loss.normalization import LossNormalization
+    from sam3.structures import BitMasks
 
     bench = load_bench("matcher")
     device = torch.device(options.device)
@@ -253,7 +254,8 @@ def matcher_part(options: Options) -> list[Row]:
     head, targets, layers = bench.build_problem(problem)
     head = {k: v.to(device) for k, v in head.items()}
     layers = [{k: v.to(device) for k, v in layer.items()} for layer in layers]
-    targets = dataclasses.replace(targets, masks_padded=box_masks(targets.boxes_padded, target_side)).to(device)
+    visible_masks = box_masks(targets.boxes_padded, target_side)[targets.is_visible_padded]  # (Nvis, H, W)
+    targets = dataclasses.replace(targets, masks=BitMasks.pack(visible_masks)).to(device)
     num_pairs = len(targets)
     generator = torch.Generator(device=device).manual_seed(0)
     mask_logits = [
