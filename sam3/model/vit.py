@@ -9,6 +9,10 @@ tables for a new token grid are computed once and cached, and windowed blocks pa
 (zero tokens after the block's first LayerNorm, attended to without a mask, as in the released model).
 Global-attention blocks rescale RoPE positions per axis so any grid spans the window's range.
 
+Speed (CPU inference): on a grid of whole windows the residual stream is kept window by window from the
+first block to the last, so only global blocks reorder tokens; float32 linears without autograd go
+through oneDNN's inference kernel, with the MLP's GELU fused into it (`_linear`).
+
 Parameter and buffer names follow Meta's released SAM3 checkpoint (`trunk.*` keys). The persistent
 `attn.freqs_cis` buffers (complex RoPE tables for the grid the model was configured for) exist for
 that reason only; they are recomputed, never learned.
@@ -83,6 +87,7 @@ class ViT(nn.Module):
         self.use_act_checkpoint = use_act_checkpoint
         self.use_cls_token_slot = use_cls_token_slot
         self.global_attn_blocks = tuple(global_attn_blocks)
+        self.window_size = window_size if len(self.global_attn_blocks) < depth else 0
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, bias=patch_bias)
         pretrain_grid = pretrain_img_size // patch_size
@@ -139,11 +144,20 @@ class ViT(nn.Module):
         x = self.patch_embed(images)  # (B, h, w, C)
         x = x + self._tiled_pos_embed(x.shape[1], x.shape[2])
         x = self.ln_pre(x)
+        h, w = x.shape[1:3]
+        # On a grid of whole windows the residual stream stays window by window throughout (every
+        # op but global attention is per token): one partition here instead of one per windowed block.
+        windowed = self.window_size > 0 and h % self.window_size == 0 and w % self.window_size == 0
+        if windowed:
+            x, _ = _window_partition(x, self.window_size)  # (B*nW, ws, ws, C)
+        grid_hw = (h, w) if windowed else None
         for block in self.blocks:
             if self.use_act_checkpoint and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, grid_hw, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, grid_hw)
+        if windowed:
+            x = _window_unpartition(x, self.window_size, (h, w), (h, w))  # (B, h, w, C)
         return x.permute(0, 3, 1, 2)  # (B, C, h, w)
 
     def _tiled_pos_embed(self, h: int, w: int) -> torch.Tensor:
@@ -191,11 +205,19 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, C) -> (B, h, w, C)."""
-        h, w = x.shape[1:3]
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, h, w, C) -> (B, h, w, C); with `grid_hw`, (B*nW, ws, ws, C) windows of an (h, w) grid of
+        whole windows of the trunk's window size (window by window, as `_window_partition` orders them)."""
         y = self.norm1(x)
-        if self.window_size > 0:
+        if grid_hw is not None:
+            if self.window_size == 0:  # global attention over the grid the windows tile
+                ws = x.shape[1]
+                grid = _window_unpartition(y, ws, grid_hw, grid_hw)  # (B, h, w, C)
+                y, _ = _window_partition(self.attn(grid), ws)  # (B*nW, ws, ws, C)
+            else:
+                y = self.attn(y)
+        elif self.window_size > 0:
+            h, w = x.shape[1:3]
             windows, padded_hw = _window_partition(y, self.window_size)  # (B*nW, ws, ws, C)
             y = _window_unpartition(self.attn(windows), self.window_size, padded_hw, (h, w))
         else:
@@ -272,13 +294,13 @@ class RopeAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, h, w, C) -> (B, h, w, C)."""
         b, h, w, c = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim)
+        qkv = _linear(x, self.qkv).reshape(b, h * w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, h*w, head_dim)
         table = self._table(h, w, x.device)
         q, k = _rotate(q, table), _rotate(k, table)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, h*w, head_dim)
         out = out.transpose(1, 2).reshape(b, h, w, c)  # (B, h, w, C)
-        return self.proj(out)
+        return _linear(out, self.proj)
 
 
 class Mlp(nn.Module):
@@ -291,7 +313,33 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_onednn(x, self.fc1.weight):
+            return _linear(_linear(x, self.fc1, gelu=True), self.fc2)
         return self.fc2(self.act(self.fc1(x)))
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `_linear` may take oneDNN's inference kernel: float32 on CPU with nothing to differentiate.
+
+    That kernel (the one inductor uses for frozen CPU graphs) is faster than the BLAS `addmm` behind
+    `F.linear` on CPUs where the BLAS library does not pick its best code path, and fuses the GELU.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False) -> torch.Tensor:
+    """`layer(x)`, then the exact (erf) GELU when `gelu`; oneDNN's fused kernel where `_use_onednn`."""
+    if _use_onednn(x, layer.weight):
+        return torch.ops.mkldnn._linear_pointwise(
+            x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else ""
+        )
+    y = F.linear(x, layer.weight, layer.bias)
+    return F.gelu(y) if gelu else y
 
 
 def _rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -136,3 +136,26 @@ def test_stochastic_depth_is_active_only_in_training():
         assert torch.equal(trunk(images), trunk(images))
         trunk.train()
         assert not torch.equal(trunk(images), trunk(images))
+
+
+def test_window_ordered_stream_equals_partitioning_in_every_block():
+    torch.manual_seed(0)
+    trunk = tiny_trunk(drop_path_rate=0.0).eval()
+    grid = trunk.window_size * 2  # a grid of whole windows: the stream is kept window by window
+    images = torch.randn(2, 3, grid * trunk.patch_size, grid * trunk.patch_size)
+    with torch.no_grad():
+        fast = trunk(images)
+        trunk.window_size = 0  # every windowed block partitions and restores the grid itself
+        per_block = trunk(images)
+    torch.testing.assert_close(fast, per_block, rtol=0, atol=1e-5)
+
+
+def test_inference_linears_agree_with_the_autograd_path():
+    torch.manual_seed(0)
+    trunk = tiny_trunk(drop_path_rate=0.0).eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        inference = trunk(images)  # oneDNN linears, GELU fused (float32 CPU)
+    autograd = trunk(images)  # F.linear: parameters require grad
+    assert autograd.requires_grad
+    torch.testing.assert_close(inference, autograd.detach(), rtol=1e-5, atol=1e-5)
