@@ -313,32 +313,34 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_onednn(x, self.fc1.weight):
+        if _use_onednn(x, self.fc1):
             return _linear(_linear(x, self.fc1, gelu=True), self.fc2)
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `_linear` may take oneDNN's inference kernel: float32 on CPU with nothing to differentiate.
+def _use_onednn(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether `_linear` may take oneDNN's inference kernel: a plain `nn.Linear` (not one wrapped by an
+    adapter, e.g. LoRA, whose forward adds to it), float32 on CPU, nothing to differentiate.
 
     That kernel (the one inductor uses for frozen CPU graphs) is faster than the BLAS `addmm` behind
     `F.linear` on CPUs where the BLAS library does not pick its best code path, and fuses the GELU.
     """
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        type(layer) is nn.Linear
+        and x.device.type == "cpu"
+        and x.dtype == layer.weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
     )
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False) -> torch.Tensor:
+def _linear(x: torch.Tensor, layer: nn.Module, *, gelu: bool = False) -> torch.Tensor:
     """`layer(x)`, then the exact (erf) GELU when `gelu`; oneDNN's fused kernel where `_use_onednn`."""
-    if _use_onednn(x, layer.weight):
+    if _use_onednn(x, layer):
         return torch.ops.mkldnn._linear_pointwise(
             x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else ""
         )
-    y = F.linear(x, layer.weight, layer.bias)
+    y = layer(x)
     return F.gelu(y) if gelu else y
 
 
