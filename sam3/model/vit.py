@@ -320,14 +320,16 @@ class Mlp(nn.Module):
 
 def _use_onednn(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `_linear` may take oneDNN's inference kernel: a plain `nn.Linear` (not one wrapped by an
-    adapter, e.g. LoRA, whose forward adds to it), float32 on CPU, nothing to differentiate.
+    adapter, e.g. LoRA, whose forward adds to it), float32 on CPU outside autocast, nothing to differentiate, not traced.
 
     That kernel (the one inductor uses for frozen CPU graphs) is faster than the BLAS `addmm` behind
     `F.linear` on CPUs where the BLAS library does not pick its best code path, and fuses the GELU.
     """
     return (
         type(layer) is nn.Linear
+        and not torch.compiler.is_compiling()  # traced graphs (torch.export, compile) keep portable ops
         and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's inputs, not this kernel's
         and x.dtype == layer.weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from sam3.checkpoint import load_state_dict
-from sam3.model.vit import ViT
+from sam3.model.vit import Mlp, ViT
 from sam3.model_builder import model_config
 
 # Parameters that by design never get a gradient in image grounding (reference README): the neck's
@@ -159,3 +159,22 @@ def test_inference_linears_agree_with_the_autograd_path():
     autograd = trunk(images)  # F.linear: parameters require grad
     assert autograd.requires_grad
     torch.testing.assert_close(inference, autograd.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_linears_leave_autocast_and_adapters_alone():
+    """Under autocast the MLP computes in bf16 as `F.linear` would; a wrapped layer's own forward runs."""
+    mlp = Mlp(16, 32).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mlp(x).dtype == torch.bfloat16
+
+    class Shifted(torch.nn.Linear):  # stands for an adapter-wrapped linear: its forward adds to W x + b
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    shifted = Shifted(32, 16)
+    shifted.load_state_dict(mlp.fc2.state_dict())
+    with torch.no_grad():
+        plain = mlp(x)
+        mlp.fc2 = shifted
+        torch.testing.assert_close(mlp(x), plain + 1.0)
