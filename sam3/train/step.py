@@ -86,6 +86,24 @@ def forward_backward(
     return StepLosses(loss=total, components=components, normalization=normalization, num_pairs=num_pairs)
 
 
+def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = True) -> nn.Module:
+    """`model` in DistributedDataParallel as the training step expects it (call with a process group).
+
+    Gradients are views into DDP's all-reduce buckets (`gradient_as_bucket_view`): backward writes each
+    gradient straight into its bucket, and the averaged bucket is the gradient, without a second
+    gradient-sized copy each way. Parameters unused on every rank keep no gradient (None), as without it.
+
+    Args:
+        model: the video model, on `device`.
+        device: a CUDA device gets `device_ids=[index]`; a CPU model none.
+        find_unused_parameters: some parameters get no gradient (the released layout's tracker).
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True
+    )
+
+
 def zero_weight_loss(outputs: DetectorOutput) -> torch.Tensor:
     """A loss of exactly 0 that touches every floating-point output tensor.
 
