@@ -92,6 +92,9 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
     Gradients are views into DDP's all-reduce buckets (`gradient_as_bucket_view`): backward writes each
     gradient straight into its bucket, and the averaged bucket is the gradient, without a second
     gradient-sized copy each way. Parameters unused on every rank keep no gradient (None), as without it.
+    Buffers are broadcast from rank 0 at set-up, and before every forward only when a module keeps
+    running statistics (BatchNorm): SAM3's buffers are constants (RoPE tables, a fixed Gaussian
+    matrix), identical on every rank, and the broadcast would be one more collective, and wait, per step.
 
     Args:
         model: the video model, on `device`.
@@ -99,8 +102,13 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
         find_unused_parameters: some parameters get no gradient (the released layout's tracker).
     """
     device_ids = [device.index] if device.type == "cuda" else None
+    has_running_stats = any(getattr(module, "track_running_stats", False) for module in model.modules())
     return DistributedDataParallel(
-        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True
+        model,
+        device_ids=device_ids,
+        forward_sync_buffers=has_running_stats,
+        find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True,
     )
 
 
