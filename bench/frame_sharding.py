@@ -2,32 +2,39 @@
 
     python bench/frame_sharding.py [--frames 8] [--image-size 224] [--repeats 3] [--devices auto|cpu|cuda]
 
-Prints, for W = 1 and W = 2 gloo ranks on CPU (1 thread per rank) and on CUDA (`--devices auto`: CPU,
-then CUDA when there are two GPUs, one GPU per rank; `--devices cuda`: CUDA only, and with one GPU the
-two ranks share it, so W = 2 measures contention, not scaling):
-- training step time (forward + backward of the sharded clip) and the speedup of W = 2 over W = 1;
-- peak memory per rank (RSS on CPU, allocated memory on CUDA);
+Prints, for W = 1, W = 2 and, where 4 devices are available, W = 4 gloo ranks on CPU (1 thread per rank)
+and on CUDA (`--devices auto`: CPU, then CUDA when there are two GPUs, one GPU per rank; `--devices cuda`:
+CUDA only, and with one GPU the ranks share it, so W = 2 measures contention, not scaling):
+- training step time (forward + backward of the sharded clip, median wall time) and the speedup over
+  W = 1; beside it the CPU time per rank (all its threads), which shows the work per rank when other
+  processes share the cores, and the ceiling: W ranks running their frames with no communication at all;
+- activation memory per rank: bytes of the distinct storages autograd saves in the forward
+  (`sam3.tools.memory_plan.saved_activation_bytes`), and peak memory (RSS on CPU, which includes ~0.9 GB
+  of interpreter and libraries; allocated memory on CUDA);
 - inference frames/s of `VideoGroundingRunner` with async gathers (next chunk computed
-  while the current one travels) versus synchronous gathers;
+  while the current one travels) versus synchronous gathers, and what bounds their ratio: the time of
+  one chunk's gather alone (all ranks started together) against one chunk's compute;
 - the per-frame loop baseline: all T frames run one after another on one rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
+from functools import partial
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
+import torch.distributed as dist
 
 from sam3.data.collate import collate_clips
 from sam3.distributed.env import get_rank, get_world_size
 from sam3.distributed.frame_layout import frames_of_rank
 from sam3.distributed.frame_shard import build_frame_group
 from sam3.distributed.local_spawn import run_on_local_ranks
-from sam3.distributed.video_inference import VideoGroundingRunner
+from sam3.distributed.video_inference import INFERENCE_KEYS, VideoGroundingRunner
 from sam3.loss.normalization import LossNormalization
 from sam3.tools.check_frame_sharding import (
     CheckConfig,
@@ -36,42 +43,113 @@ from sam3.tools.check_frame_sharding import (
     local_frames,
     make_clip,
 )
-from sam3.train.step import forward_backward
+from sam3.tools.memory_plan import saved_activation_bytes
+from sam3.train.step import forward_backward, wrap_ddp
 
 
-def measure_rank(config: CheckConfig, repeats: int, device_type: str) -> dict:
-    """Step time, peak memory and inference throughput on this rank (all ranks call it)."""
+def measure_rank(config: CheckConfig, repeats: int, device_type: str, communicate: bool = True) -> dict:
+    """Step time, activation and peak memory and inference throughput on this rank (all ranks call it).
+
+    With `communicate` False, each rank runs its frames' step as a lone process would (no DDP, no
+    gathers): the ceiling of what W ranks sharing these cores can reach.
+    """
     device = torch.device(device_type, get_rank() % torch.cuda.device_count() if device_type == "cuda" else 0)
     group = build_frame_group(None)
     clip = make_clip(config, config.seed + 1)
     batch = collate_clips([local_frames(clip, frames_of_rank(config.num_frames, group.group_size, group.group_rank))])
     model = build_check_model(config).to(device)
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if get_world_size() > 1 else model
+    if model.tracker is not None:  # frozen in training (trainer `frozen_params`): DDP leaves it out
+        model.tracker.requires_grad_(False)
+    distributed = communicate and get_world_size() > 1
+    ddp = wrap_ddp(model, device) if distributed else model
     criterion = build_check_criterion()
-    step_times = []
-    for step in range(repeats + 1):  # the first step warms up
-        _sync(device)
-        start = time.perf_counter()
-        forward_backward(ddp, criterion, [batch], step, device)
-        _sync(device)
-        if step:
-            step_times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
+    step = _step_fn(ddp, criterion, batch, device) if communicate else _local_step_fn(model, criterion, batch, device)
+    step_times, cpu_times = _timed(step, repeats, device, after=lambda: model.zero_grad(set_to_none=True))
+    result = {"step_s": statistics.median(step_times), "cpu_s": statistics.median(cpu_times)}
+    if not communicate:
+        return result
+    activation_bytes, _ = saved_activation_bytes(model, batch.to(device), fused_attention=device.type == "cuda")
+    model.zero_grad(set_to_none=True)
     model.eval()
     images = clip.images.to(device)
-    throughput = {}
     for mode in ("async", "sync"):
         runner = VideoGroundingRunner(model, group, async_gather=mode == "async")
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            for _ in runner.run(lambda t: images[t], config.num_frames, clip.prompts):
-                pass
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        throughput[mode] = config.num_frames / statistics.median(times)
-    return {"step_s": statistics.median(step_times), "peak_mb": _peak_mb(device), **throughput}
+        times, _ = _timed(partial(_run_video, runner, images, config.num_frames, clip.prompts), repeats, device)
+        result[mode] = config.num_frames / statistics.median(times)
+    result.update(_gather_vs_compute(model, group, images, clip.prompts, repeats, device))
+    return {**result, "activation_mb": activation_bytes / 2**20, "peak_mb": _peak_mb(device)}
+
+
+def _run_video(runner: VideoGroundingRunner, images: torch.Tensor, num_frames: int, prompts: list[str]) -> None:
+    for _ in runner.run(lambda t: images[t], num_frames, prompts):
+        pass
+
+
+def _step_fn(model, criterion, batch, device):
+    counter = iter(range(1_000_000))
+    return lambda: forward_backward(model, criterion, [batch], next(counter), device)
+
+
+def _local_step_fn(model, criterion, batch, device):
+    """This rank's frames as a lone process: counts and loss over its own pairs only, no collective."""
+    normalization = LossNormalization.local([batch.targets])
+    local = batch.to(device)
+    counter = iter(range(1_000_000))
+
+    def step() -> None:
+        loss, _ = criterion(model(local), local.targets, normalization, step=next(counter))
+        loss.backward()
+
+    return step
+
+
+def _timed(fn, repeats: int, device: torch.device, after=lambda: None) -> tuple[list[float], list[float]]:
+    """Wall and CPU (this process, all threads) seconds of `fn`, `repeats` times after one warm-up."""
+    walls, cpus = [], []
+    for i in range(repeats + 1):
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        _sync(device)
+        if i:
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        after()
+    return walls, cpus
+
+
+@torch.no_grad()
+def _gather_vs_compute(model, group, images: torch.Tensor, prompts: list[str], repeats: int, device) -> dict:
+    """Milliseconds of one inference chunk's all-gather alone (every rank starts it together, after a
+    barrier) and of one chunk's compute (this rank's frame: backbone and grounding)."""
+    text = model.backbone.forward_text(prompts)
+    slots = torch.zeros(len(prompts), dtype=torch.int64, device=device)
+    text_idx = torch.arange(len(prompts), device=device)
+
+    def compute() -> dict[str, torch.Tensor]:
+        output = model.forward_grounding(model.backbone.forward_image(images[:1]), text, slots, text_idx)
+        return {key: getattr(output, key) for key in INFERENCE_KEYS if getattr(output, key) is not None}
+
+    tensors = compute()
+    compute_s, _ = _timed(compute, repeats, device)
+    buffer = group.new_buffer()
+    keys = list(range(group.group_size))
+
+    gather_s = []
+    for i in range(repeats + 1):
+        if dist.is_initialized():
+            dist.barrier()
+        start = time.perf_counter()
+        group.gather_into(buffer, keys, tensors, wait=True)
+        _sync(device)
+        if i:
+            gather_s.append(time.perf_counter() - start)
+    payload = sum(t.numel() * t.element_size() for t in tensors.values())
+    return {
+        "gather_ms": 1000 * statistics.median(gather_s),
+        "compute_ms": 1000 * statistics.median(compute_s),
+        "payload_kb": payload / 1024,
+    }
 
 
 def per_frame_loop(config: CheckConfig, repeats: int, device_type: str) -> float:
@@ -124,20 +202,23 @@ def main() -> None:
     }[args.devices]
     for device_type in device_types:
         torch.set_num_threads(1)
+        world_sizes = [1, 2] + ([4] if _num_devices(device_type) >= 4 else [])
         config = CheckConfig(world_size=1, group_size=1, num_frames=args.frames, image_size=args.image_size)
         loop_s = per_frame_loop(config, args.repeats, device_type)
-        results = {}
-        for world_size in (1, 2):
+        results, ceilings = {}, {}
+        for world_size in world_sizes:
             config = CheckConfig(
                 world_size=world_size, group_size=world_size, num_frames=args.frames, image_size=args.image_size
             )
             ranks = run_on_local_ranks(measure_rank, world_size, config, args.repeats, device_type, threads_per_rank=1)
-            results[world_size] = {
-                "step_s": max(r["step_s"] for r in ranks),
-                "peak_mb": max(r["peak_mb"] for r in ranks),
-                "async": min(r["async"] for r in ranks),
-                "sync": min(r["sync"] for r in ranks),
-            }
+            results[world_size] = {key: max(r[key] for r in ranks) for key in ranks[0]}
+            results[world_size]["async"] = min(r["async"] for r in ranks)
+            results[world_size]["sync"] = min(r["sync"] for r in ranks)
+            if world_size > 1:
+                alone = run_on_local_ranks(
+                    measure_rank, world_size, config, args.repeats, device_type, False, threads_per_rank=1
+                )
+                ceilings[world_size] = {key: max(r[key] for r in alone) for key in ("step_s", "cpu_s")}
         one, two = results[1], results[2]
         gpus = f", 2 ranks on {torch.cuda.device_count()} GPU(s)" if device_type == "cuda" else ""
         print(
@@ -145,15 +226,36 @@ def main() -> None:
         )
         print(f"per-frame loop (1 rank, frames one after another): {loop_s:.3f} s/step")
         for world_size, r in results.items():
+            ceiling = ""
+            if world_size in ceilings:
+                alone = ceilings[world_size]
+                ceiling = f" (ceiling, no communication: {alone['step_s']:.3f} s/step, CPU {alone['cpu_s']:.3f})"
             print(
-                f"W={world_size}: {r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB/rank, inference "
-                f"{r['async']:.1f} frames/s async vs {r['sync']:.1f} sync"
+                f"W={world_size}: {r['step_s']:.3f} s/step{ceiling}, CPU {r['cpu_s']:.3f} s/step/rank, activations "
+                f"{r['activation_mb']:.1f} MB/rank, peak {r['peak_mb']:.0f} MB/rank, inference {r['async']:.1f} "
+                f"frames/s async vs {r['sync']:.1f} sync (one chunk: gather alone {r['gather_ms']:.1f} ms of "
+                f"{r['payload_kb']:.0f} KB/rank, compute {r['compute_ms']:.1f} ms)"
+            )
+        for world_size in world_sizes[1:]:
+            r = results[world_size]
+            print(
+                f"W={world_size} vs W=1: step speedup {one['step_s'] / r['step_s']:.2f}x (ceiling "
+                f"{one['step_s'] / ceilings[world_size]['step_s']:.2f}x), CPU per rank {one['cpu_s'] / r['cpu_s']:.2f}x; "
+                f"async/sync bound (compute + gather) / compute {1 + r['gather_ms'] / r['compute_ms']:.2f}x"
             )
         print(
             f"ratios: W=2 vs W=1 step speedup {one['step_s'] / two['step_s']:.2f}x; W=1 batched vs per-frame loop "
             f"{loop_s / one['step_s']:.2f}x; peak memory W=2/W=1 {two['peak_mb'] / one['peak_mb']:.2f}; "
-            f"async/sync inference W=2 {two['async'] / two['sync']:.2f}x"
+            f"async/sync inference W=2 {two['async'] / two['sync']:.2f}x; activation memory W=2/W=1 "
+            f"{two['activation_mb'] / one['activation_mb']:.2f}"
         )
+
+
+def _num_devices(device_type: str) -> int:
+    """Cores this process may run on, or GPUs."""
+    if device_type == "cuda":
+        return torch.cuda.device_count()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.nn.parallel import DistributedDataParallel
 
 from sam3.data.collate import ClipSample, collate_clips
 from sam3.distributed.frame_layout import frames_of_rank
@@ -31,7 +30,7 @@ from sam3.model.sam3_video import Sam3ImageOnVideoMultiGPU
 from sam3.model_builder import build_model, build_sam3_video_model, config_dir
 from sam3.ops.boxes import box_xyxy_to_cxcywh
 from sam3.ops.masks import masks_to_boxes_xyxy
-from sam3.train.step import forward_backward
+from sam3.train.step import forward_backward, wrap_ddp
 
 logger = logging.getLogger("sam3.tools.check_frame_sharding")
 
@@ -188,7 +187,7 @@ def run_rank(config: CheckConfig) -> dict:
     mine = frames_of_rank(config.num_frames, group.group_size, group.group_rank)
     batch = collate_clips([local_frames(clip, mine)])
     model = build_check_model(config)
-    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    ddp = wrap_ddp(model, torch.device("cpu"))
     losses = forward_backward(ddp, build_check_criterion(), [batch], 0, torch.device("cpu"))
     total = losses.loss.clone()
     dist.all_reduce(total)

@@ -86,6 +86,32 @@ def forward_backward(
     return StepLosses(loss=total, components=components, normalization=normalization, num_pairs=num_pairs)
 
 
+def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = True) -> nn.Module:
+    """`model` in DistributedDataParallel as the training step expects it (call with a process group).
+
+    Gradients are views into DDP's all-reduce buckets (`gradient_as_bucket_view`): backward writes each
+    gradient straight into its bucket, and the averaged bucket is the gradient, without a second
+    gradient-sized copy each way. Parameters unused on every rank keep no gradient (None), as without it.
+    Buffers are broadcast from rank 0 at set-up, and before every forward only when a module keeps
+    running statistics (BatchNorm): SAM3's buffers are constants (RoPE tables, a fixed Gaussian
+    matrix), identical on every rank, and the broadcast would be one more collective, and wait, per step.
+
+    Args:
+        model: the video model, on `device`.
+        device: a CUDA device gets `device_ids=[index]`; a CPU model none.
+        find_unused_parameters: some parameters get no gradient (the released layout's tracker).
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    has_running_stats = any(getattr(module, "track_running_stats", False) for module in model.modules())
+    return DistributedDataParallel(
+        model,
+        device_ids=device_ids,
+        forward_sync_buffers=has_running_stats,
+        find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True,
+    )
+
+
 def zero_weight_loss(outputs: DetectorOutput) -> torch.Tensor:
     """A loss of exactly 0 that touches every floating-point output tensor.
 

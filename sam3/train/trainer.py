@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sam3.checkpoint import LORA_CONFIG_KEY, MODEL_CONFIG_KEY
@@ -45,7 +44,7 @@ from sam3.train.checkpoint import (
     write_adapters,
 )
 from sam3.train.optim import OptimConfig, ScheduleConfig, apply_lr, build_optimizer, lr_factor
-from sam3.train.step import forward_backward
+from sam3.train.step import forward_backward, wrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -287,11 +286,8 @@ class Trainer:
     def _wrap_ddp(self) -> nn.Module:
         if self.world_size == 1:
             return self.model
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
         with operation("DDP set-up (broadcast of the initial weights)"):
-            return DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
-            )
+            return wrap_ddp(self.model, self.device, find_unused_parameters=self.config.find_unused_parameters)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         if self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda"):
