@@ -37,11 +37,14 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.split("|", 3)] for line in lines[1:]]
 
 
-def test_refuses_without_cuda_unless_allowed(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is available: the suite runs instead of refusing")
-    assert load_suite().main([]) == 2
-    assert "--allow-cpu" in capsys.readouterr().err
+def test_refuses_without_cuda_unless_allowed():
+    """Run with every GPU hidden, so the refusal is checked on GPU machines too."""
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [str(ROOT / "bench" / "gpu_suite.sh")], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--allow-cpu" in done.stderr
 
 
 def test_unknown_part_is_rejected_with_the_valid_ones(capsys):
