@@ -35,11 +35,12 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
@@ -47,6 +48,8 @@ from sam3.data.collate import ClipSample, collate_clips
 from sam3.model_builder import config_dir
 from sam3.structures import ClipBatch
 from sam3.train.entry import build_model
+from sam3.train.optim import build_optimizer
+from sam3.train.step import forward_backward
 
 logger = logging.getLogger("sam3.tools.memory_plan")
 
@@ -99,6 +102,10 @@ class MemoryPlan:
         return (
             self.weight_bytes + self.grad_bytes + self.optimizer_bytes + self.ddp_bucket_bytes
         ) + self.autocast_weight_bytes
+
+    def with_ranks(self, ranks: int) -> MemoryPlan:
+        """The same plan for a frame group of `ranks` ranks (DDP buckets from 2 ranks on)."""
+        return replace(self, ddp_bucket_bytes=self.grad_bytes if ranks > 1 else 0)
 
     def activation_bytes(self, frames_per_rank: int) -> int:
         return self.activation_bytes_fixed + frames_per_rank * self.activation_bytes_per_frame + self.recompute_bytes
@@ -158,13 +165,13 @@ def plan_memory(
         recompute = max(per_layer, default=0)
     if dtype == torch.bfloat16:  # autocast saves bf16 copies for matmuls and convs, fp32 for a few ops
         one, two, recompute = one // 2, two // 2, recompute // 2
-    return MemoryPlan(
+    plan = MemoryPlan(
         total_params=total_params,
         trainable_params=num_trainable,
         weight_bytes=weight_bytes,
         grad_bytes=4 * num_trainable,
         optimizer_bytes=4 * ADAM_STATES * num_trainable,
-        ddp_bucket_bytes=4 * num_trainable if ranks > 1 else 0,
+        ddp_bucket_bytes=0,
         autocast_weight_bytes=2 * total_params if dtype == torch.bfloat16 else 0,
         activation_bytes_per_frame=two - one,
         activation_bytes_fixed=max(2 * one - two, 0),  # storages shared between frames can make it < 0
@@ -173,6 +180,7 @@ def plan_memory(
         image_size=image_size,
         dtype=dtype,
     )
+    return plan.with_ranks(ranks)
 
 
 class _FusedAttentionSaves(torch.autograd.Function):
@@ -267,11 +275,6 @@ def synthetic_batch(
 def measure_step_peak(cfg: DictConfig, frames: int, prompts: int = 4) -> tuple[int, int]:
     """Runs one real training step on CPU (random weights, `synthetic_batch`) and returns (peak bytes
     above the resident set before the step, resident bytes before it). Linux only."""
-    from hydra.utils import instantiate
-
-    from sam3.train.optim import build_optimizer
-    from sam3.train.step import forward_backward
-
     cpu = torch.device("cpu")
     model = build_model(cfg, cpu).train()
     criterion = instantiate(cfg.loss)
@@ -309,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     clip_len, clips = int(cfg.data.clip_len), int(cfg.data.clips_per_batch)
     amp = "fp32" if args.measure else args.amp  # the CPU step runs in fp32
     budget = (args.gpu_memory_gb - args.reserve_gb) * GIB
+    one_rank = plan_memory(cfg, amp=amp, prompts=args.prompts)  # the model is built and counted once
     for i, ranks in enumerate(int(r) for r in args.ranks.split(",")):
-        plan = plan_memory(cfg, ranks=ranks, amp=amp, prompts=args.prompts)
+        plan = one_rank.with_ranks(ranks)
         if i == 0:
             _log_plan(plan)
         frames = clips * math.ceil(clip_len / ranks)
@@ -375,8 +379,6 @@ def _log_plan(plan: MemoryPlan) -> None:
         plan.activation_bytes_fixed / mib,
         plan.recompute_bytes / mib,
     )
-
-
 
 
 def _act_checkpointing(model: nn.Module) -> bool:
