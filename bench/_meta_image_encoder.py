@@ -18,31 +18,12 @@ names (`backbone.vision_backbone.*`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import sys
 import time
-import traceback
-from pathlib import Path
+from functools import partial
 
-REPLIES = sys.stdout  # the package's own prints go to stderr (see main), replies alone to stdout
+from _oracle_worker import serve
+
 PREFIX = "backbone.vision_backbone."
-
-
-def reply(message: dict) -> None:
-    REPLIES.write(json.dumps(message) + "\n")
-    REPLIES.flush()
-
-
-def load_official_reference(tools: Path):
-    """`official_reference.py` of the shared tools as a module; SystemExit with the reason when absent."""
-    script = tools / "official_reference.py"
-    if not script.is_file():
-        raise SystemExit(f"shared tools not found: {script} does not exist")
-    spec = importlib.util.spec_from_file_location("official_reference", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_seeded_backbone(ref, seed: int):
@@ -74,35 +55,10 @@ def run(backbone, request: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared-tools", type=Path, required=True, help="folder holding official_reference.py")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    sys.stdout = sys.stderr
-    try:
-        import torch
-
-        ref = load_official_reference(args.shared_tools)
-        import sam3
-
-        if Path(sam3.__file__).resolve().parents[1] == Path(__file__).resolve().parents[1]:
-            raise SystemExit(f"imported our own sam3 ({sam3.__file__}), not Meta's: run from outside the checkout")
-        version = getattr(sam3, "__version__", "?")
-    except (ImportError, SystemExit) as error:
-        reply({"error": f"{type(error).__name__}: {error}"})
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    backbone = build_seeded_backbone(ref, args.seed)
-    reply({"ready": True, "sam3_version": version, "torch_version": torch.__version__})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply(run(backbone, json.loads(line)))
-        except Exception as error:  # noqa: BLE001 - reported to the parent, which stops
-            reply({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+    serve(
+        argparse.ArgumentParser(description=__doc__.split("\n\n")[0]),
+        lambda ref, args: partial(run, build_seeded_backbone(ref, args.seed)),
+    )
 
 
 if __name__ == "__main__":

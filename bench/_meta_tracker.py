@@ -18,30 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
-import json
-import sys
 import time
-import traceback
-from pathlib import Path
 
-REPLIES = sys.stdout  # the package's own prints go to stderr (see main), replies alone to stdout
-
-
-def reply(message: dict) -> None:
-    REPLIES.write(json.dumps(message) + "\n")
-    REPLIES.flush()
-
-
-def load_official_reference(tools: Path):
-    """`official_reference.py` of the shared tools as a module; SystemExit with the reason when absent."""
-    script = tools / "official_reference.py"
-    if not script.is_file():
-        raise SystemExit(f"shared tools not found: {script} does not exist")
-    spec = importlib.util.spec_from_file_location("official_reference", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _oracle_worker import serve
 
 
 class MetaTrackerBench:
@@ -138,35 +117,8 @@ class MetaTrackerBench:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared-tools", type=Path, required=True, help="folder holding official_reference.py")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    sys.stdout = sys.stderr
-    try:
-        import torch
-
-        ref = load_official_reference(args.shared_tools)
-        import sam3
-
-        if Path(sam3.__file__).resolve().parents[1] == Path(__file__).resolve().parents[1]:
-            raise SystemExit(f"imported our own sam3 ({sam3.__file__}), not Meta's: run from outside the checkout")
-        version = getattr(sam3, "__version__", "?")
-    except (ImportError, SystemExit) as error:
-        reply({"error": f"{type(error).__name__}: {error}"})
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bench = MetaTrackerBench(ref, args.device, args.seed)
-    reply({"ready": True, "sam3_version": version, "torch_version": torch.__version__})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply(bench.run(json.loads(line)))
-        except Exception as error:  # noqa: BLE001 - reported to the parent, which logs and skips the cell
-            reply({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+    serve(parser, lambda ref, args: MetaTrackerBench(ref, args.device, args.seed).run)
 
 
 if __name__ == "__main__":

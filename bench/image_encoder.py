@@ -22,12 +22,9 @@ Meta's trunk keeps RoPE tables for 1008 px only, so at other sizes ours runs alo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from bench._oracle_worker import OracleWorker, start_worker
 from sam3.model.neck import ViTDetNeck
 from sam3.model_builder import model_config
 from sam3.tools.seeded_init import fixed_input, seeded_tensor
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 META_SIZE = 1008
 PREFIX = "backbone.vision_backbone."  # the image model's names, as the reference recipe seeds them
 
@@ -74,70 +71,20 @@ class Ours:
 
 
 class Meta:
-    """Meta's side: the worker `bench/_meta_image_encoder.py` in the oracle interpreter, one JSON line each way."""
+    """Meta's side: the worker `bench/_meta_image_encoder.py` in the oracle interpreter; images and
+    pyramid levels travel as `torch.save` files in its folder."""
 
-    def __init__(self, python: str, tools: Path, threads: int, seed: int, images: torch.Tensor) -> None:
-        self.workdir = tempfile.TemporaryDirectory()  # outside the checkout, so `import sam3` is Meta's
-        self.images = Path(self.workdir.name) / "images.pt"
+    def __init__(self, worker: OracleWorker, images: torch.Tensor) -> None:
+        self.worker = worker
+        self.images = worker.workdir / "images.pt"
         torch.save(images, self.images)
-        command = [python, str(REPO / "bench" / "_meta_image_encoder.py"), "--shared-tools", str(tools)]
-        command += ["--threads", str(threads), "--seed", str(seed)]
-        self.process = subprocess.Popen(
-            command, cwd=self.workdir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.info = self._answer()
-        if "error" in self.info:
-            self.close()
-            raise RuntimeError(self.info["error"])
 
     def run(self, keep_outputs: bool = False) -> tuple[tuple[float, float], list[torch.Tensor] | None]:
         """((wall s, process CPU s), the pyramid levels when `keep_outputs`) of one forward."""
-        save = Path(self.workdir.name) / "features.pt" if keep_outputs else None
-        request = {"images": str(self.images), "save": str(save) if save else None}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        answer = self._answer()
-        if "error" in answer:
-            raise RuntimeError(f"Meta's encoder failed: {answer['error']}\n{answer.get('traceback', '')}")
+        save = self.worker.workdir / "features.pt" if keep_outputs else None
+        answer = self.worker.request({"images": str(self.images), "save": str(save) if save else None})
         features = torch.load(save, weights_only=True) if save else None
         return (answer["seconds"], answer["cpu_seconds"]), features
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait(timeout=60)
-        self.workdir.cleanup()
-
-    def _answer(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            return {"error": f"the oracle worker exited (code {self.process.wait()}) without answering"}
-        return json.loads(line)
-
-
-def start_meta(args: argparse.Namespace, images: torch.Tensor) -> Meta | None:
-    """Meta's worker, or None (logged) when the oracle interpreter or the shared tools are missing."""
-    if args.no_meta:
-        return None
-    if args.size != META_SIZE:
-        logger.warning("skipping Meta's side: its trunk runs at %d px only (fixed RoPE tables)", META_SIZE)
-        return None
-    if not Path(args.oracle_python).is_file():
-        logger.warning("skipping Meta's side: no oracle interpreter at %s (--oracle-python)", args.oracle_python)
-        return None
-    tools = args.shared_tools or next(
-        (p for p in (REPO / "shared" / "tools", REPO.parent / "shared" / "tools") if p.is_dir()), None
-    )
-    if tools is None or not (tools / "official_reference.py").is_file():
-        logger.warning("skipping Meta's side: official_reference.py not found (--shared-tools %s)", tools)
-        return None
-    try:
-        meta = Meta(args.oracle_python, tools, args.threads, args.seed, images)
-    except RuntimeError as error:
-        logger.warning("skipping Meta's side: %s", error)
-        return None
-    logger.info("Meta's encoder: sam3 %s, torch %s", meta.info["sam3_version"], meta.info["torch_version"])
-    return meta
 
 
 def input_images(size: int) -> torch.Tensor:
@@ -165,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     images = input_images(args.size)
     start = time.perf_counter()
-    meta = start_meta(args, images)
+    worker = None
+    if args.size != META_SIZE:
+        logger.warning("skipping Meta's side: its trunk runs at %d px only (fixed RoPE tables)", META_SIZE)
+    else:
+        worker = start_worker(args, "_meta_image_encoder.py", [], "Meta's encoder", logger)
+    meta = Meta(worker, images) if worker else None
     ours = Ours(args.seed, args.size, args.compile)
     try:
         warm_ours, ours_features = ours.run(images)
@@ -188,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                 seconds[name].append(sides[name]())
                 logger.info("repeat %d %s: %.2f s (CPU %.2f s)", repeat, name, *seconds[name][-1])
     finally:
-        if meta:
-            meta.close()
+        if worker:
+            worker.close()
     wall = time.perf_counter() - start
     median = {name: statistics.median(wall for wall, _ in values) for name, values in seconds.items()}
     median_cpu = {name: statistics.median(cpu for _, cpu in values) for name, values in seconds.items()}

@@ -24,25 +24,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench._oracle_worker import OracleWorker, start_worker
 from sam3.model.tracker import Tracker, TrackerFrameFeatures
 from sam3.tools.reference_interactive import FixedTrunk, build_seeded_heads
 from sam3.tracking import VideoTracker
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 VIDEO_HW = (360, 640)
 DEFAULT_FRAMES = {224: 4, 1008: 1}
 DEFAULT_REPEATS = {224: 3, 1008: 1}
@@ -107,61 +104,13 @@ class OurTrackerBench:
 
 
 class MetaTracker:
-    """Meta's side: the worker `bench/_meta_tracker.py` in the oracle interpreter, one JSON line each way."""
+    """Meta's side: the worker `bench/_meta_tracker.py` in the oracle interpreter."""
 
-    def __init__(self, python: str, tools: Path, device: str, threads: int, seed: int) -> None:
-        self.workdir = tempfile.TemporaryDirectory()  # outside the checkout, so `import sam3` is Meta's
-        command = [python, str(REPO / "bench" / "_meta_tracker.py"), "--shared-tools", str(tools)]
-        command += ["--device", device, "--threads", str(threads), "--seed", str(seed)]
-        self.process = subprocess.Popen(
-            command, cwd=self.workdir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.info = self._answer()
-        if "error" in self.info:
-            self.close()
-            raise RuntimeError(self.info["error"])
+    def __init__(self, worker: OracleWorker) -> None:
+        self.worker = worker
 
     def run(self, request: dict, timed: bool = True) -> dict:
-        self.process.stdin.write(json.dumps({**request, "timed": timed}) + "\n")
-        self.process.stdin.flush()
-        answer = self._answer()
-        if "error" in answer:
-            raise RuntimeError(f"Meta's tracker failed: {answer['error']}\n{answer.get('traceback', '')}")
-        return answer
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait(timeout=60)
-        self.workdir.cleanup()
-
-    def _answer(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            return {"error": f"the oracle worker exited (code {self.process.wait()}) without answering"}
-        return json.loads(line)
-
-
-def start_meta(args: argparse.Namespace) -> MetaTracker | None:
-    """Meta's worker, or None (logged) when the oracle interpreter or the shared tools are missing."""
-    if args.no_meta:
-        return None
-    if not Path(args.oracle_python).is_file():
-        logger.warning("skipping Meta's side: no oracle interpreter at %s (--oracle-python)", args.oracle_python)
-        return None
-    tools = args.shared_tools or next(
-        (p for p in (REPO / "shared" / "tools", REPO.parent / "shared" / "tools") if p.is_dir()), None
-    )
-    if tools is None or not (tools / "official_reference.py").is_file():
-        logger.warning("skipping Meta's side: official_reference.py not found (--shared-tools %s)", tools)
-        return None
-    try:
-        meta = MetaTracker(args.oracle_python, tools, args.device, args.threads, args.seed)
-    except RuntimeError as error:
-        logger.warning("skipping Meta's side: %s", error)
-        return None
-    logger.info("Meta's tracker: sam3 %s, torch %s", meta.info["sam3_version"], meta.info["torch_version"])
-    return meta
+        return self.worker.request({**request, "timed": timed})
 
 
 def _lookup(counts: dict, size: int) -> int:
@@ -218,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     repeats = _per_size(args.repeats, DEFAULT_REPEATS)
     device = torch.device(args.device)
     ours = OurTrackerBench(device, args.seed, args.bf16)
-    meta = start_meta(args)
+    worker = start_worker(args, "_meta_tracker.py", ["--device", args.device], "Meta's tracker", logger)
+    meta = MetaTracker(worker) if worker else None
     start = time.perf_counter()
     rows = []
     try:
@@ -240,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("measured %s", row)
                 rows.append(row)
     finally:
-        if meta:
-            meta.close()
+        if worker:
+            worker.close()
     wall = time.perf_counter() - start
     dtype = "bf16 autocast" if args.bf16 else "fp32"
     print(
