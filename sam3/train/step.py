@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sam3.distributed.reduce import loss_normalization
+from sam3.distributed.row_sparse_grads import register_row_sparse_hook
 from sam3.loss.normalization import LossNormalization
 from sam3.structures import ClipBatch, DetectorOutput
 
@@ -92,9 +93,11 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
     Gradients are views into DDP's all-reduce buckets (`gradient_as_bucket_view`): backward writes each
     gradient straight into its bucket, and the averaged bucket is the gradient, without a second
     gradient-sized copy each way. Parameters unused on every rank keep no gradient (None), as without it.
-    Buffers are broadcast from rank 0 at set-up, and before every forward only when a module keeps
-    running statistics (BatchNorm): SAM3's buffers are constants (RoPE tables, a fixed Gaussian
-    matrix), identical on every rank, and the broadcast would be one more collective, and wait, per step.
+    A trained token embedding's gradient is reduced row-sparse (`sam3.distributed.row_sparse_grads`):
+    only the rows of the step's tokens travel, and the result is the dense average. Buffers are
+    broadcast from rank 0 at set-up, and before every forward only when a module keeps running
+    statistics (BatchNorm): SAM3's buffers are constants (RoPE tables, a fixed Gaussian matrix),
+    identical on every rank, and the broadcast would be one more collective, and wait, per step.
 
     Args:
         model: the video model, on `device`.
@@ -103,13 +106,15 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
     """
     device_ids = [device.index] if device.type == "cuda" else None
     has_running_stats = any(getattr(module, "track_running_stats", False) for module in model.modules())
-    return DistributedDataParallel(
+    ddp = DistributedDataParallel(
         model,
         device_ids=device_ids,
         forward_sync_buffers=has_running_stats,
         find_unused_parameters=find_unused_parameters,
         gradient_as_bucket_view=True,
     )
+    register_row_sparse_hook(ddp)
+    return ddp
 
 
 def zero_weight_loss(outputs: DetectorOutput) -> torch.Tensor:
