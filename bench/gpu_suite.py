@@ -197,9 +197,9 @@ def memory_part(options: Options) -> list[Row]:
 def sharding_part(options: Options) -> list[Row]:
     """`bench/frame_sharding.py` on this device, its step times and `ratios:` line."""
     size = (
-        ["--frames", "2", "--image-size", "112", "--repeats", "1"]
+        ["--frames", "2", "--image-size", "112", "--repeats", "1", "--rounds", "1"]
         if options.quick
-        else ["--frames", "8", "--repeats", "2"]
+        else ["--frames", "8", "--repeats", "2", "--rounds", "3"]
     )
     command = [sys.executable, str(ROOT / "bench" / "frame_sharding.py"), "--devices", options.device, *size]
     output = run_child(command, options)
