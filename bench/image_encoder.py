@@ -13,6 +13,11 @@ largest |ours - Meta's| over Meta's standard deviation (the parity tests hold th
 The last line is `ours/Meta X`, the ratio of the median wall times (below 1: ours is faster); the line before
 gives the ratio of the median process CPU times, which a machine shared with other jobs disturbs less.
 
+Before them, the compute floor: the forward's floating-point operations (FlopCounterMode on the meta
+device) over this CPU's fp32 GEMM rate at the same thread count (the fastest of the trunk's linear
+layers, through `F.linear` or oneDNN's kernel). Both encoders do the same arithmetic, so neither can run
+faster than the floor, and `ours/Meta` cannot go below floor/Meta.
+
 Meta's side needs the oracle interpreter (`--oracle-python`, default env SAM3_ORACLE_PYTHON, else
 /tmp/refvenv/bin/python) and `official_reference.py` of the shared tools (`--shared-tools`, default env
 SAM3_SHARED_TOOLS, else `shared/tools` in or beside the checkout); without them it is skipped, saying why.
@@ -26,11 +31,15 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench._oracle_worker import OracleWorker, start_worker
 from sam3.model.neck import ViTDetNeck
@@ -43,12 +52,17 @@ META_SIZE = 1008
 PREFIX = "backbone.vision_backbone."  # the image model's names, as the reference recipe seeds them
 
 
-def build_ours(seed: int, size: int) -> ViTDetNeck:
-    """Our released-size vision backbone (trunk + one pyramid) with SEEDED_INIT_V1 weights, in eval mode."""
+def build_neck(size: int) -> ViTDetNeck:
+    """Our released-size vision backbone (trunk + one pyramid), default-initialised."""
     cfg = model_config("sam3").backbone.vision_backbone
     cfg.use_sam2_convs = False
     cfg.trunk.img_size = size
-    neck = instantiate(cfg)
+    return instantiate(cfg)
+
+
+def build_ours(seed: int, size: int) -> ViTDetNeck:
+    """`build_neck` with SEEDED_INIT_V1 weights, in eval mode."""
+    neck = build_neck(size)
     with torch.no_grad():
         for key, tensor in neck.state_dict(keep_vars=True).items():
             if not tensor.is_complex():
@@ -87,6 +101,65 @@ class Meta:
         return (answer["seconds"], answer["cpu_seconds"]), features
 
 
+@dataclass
+class ComputeFloor:
+    """Floating-point operations of one forward, by kind, and this CPU's fp32 GEMM rate."""
+
+    flops: dict[str, float]
+    gemm_flops_per_s: float
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.flops.values()) / self.gemm_flops_per_s
+
+    def describe(self) -> str:
+        total = sum(self.flops.values())
+        kinds = ", ".join(f"{name} {100 * flops / total:.0f}%" for name, flops in self.flops.items())
+        return (
+            f"compute: {total / 1e12:.2f} TFLOP per image ({kinds}); fp32 GEMM rate "
+            f"{self.gemm_flops_per_s / 1e9:.0f} GFLOP/s -> floor {self.seconds:.2f} s"
+        )
+
+
+_FLOP_KINDS = {"aten.addmm": "linear layers", "aten.mm": "linear layers", "aten.bmm": "attention"}
+
+
+def compute_floor(size: int) -> ComputeFloor:
+    """The encoder's FLOPs at `size` px and the GEMM rate of this process's threads (see the module doc)."""
+    with torch.device("meta"):
+        neck = build_neck(size)
+        images = torch.empty(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        neck(images)
+    flops: dict[str, float] = {}
+    for op, count in counter.get_flop_counts()["Global"].items():
+        kind = _FLOP_KINDS.get(str(op), "convolutions" if "convolution" in str(op) else str(op))
+        flops[kind] = flops.get(kind, 0.0) + count
+    tokens = (size // 14) ** 2
+    layers = [m for m in neck.trunk.blocks[0].modules() if isinstance(m, nn.Linear)]
+    return ComputeFloor(flops, max(_gemm_rate(tokens, layer.in_features, layer.out_features) for layer in layers))
+
+
+def _gemm_rate(tokens: int, in_features: int, out_features: int, repeats: int = 3) -> float:
+    """FLOP/s of the faster fp32 linear kernel (`F.linear`, oneDNN's) on (tokens, in) x (in, out), best time."""
+    x, weight, bias = (
+        torch.randn(tokens, in_features),
+        torch.randn(out_features, in_features),
+        torch.randn(out_features),
+    )
+    kernels = [partial(F.linear, x, weight, bias)]
+    if torch.backends.mkldnn.is_available():
+        kernels.append(partial(torch.ops.mkldnn._linear_pointwise, x, weight, bias, "none", [], ""))
+    best = float("inf")
+    for kernel in kernels:
+        kernel()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel()
+            best = min(best, time.perf_counter() - start)
+    return 2 * tokens * in_features * out_features / best
+
+
 def input_images(size: int) -> torch.Tensor:
     """FIXED_INPUT_V1 (1008 px), resampled bilinearly for other sizes."""
     images = fixed_input()
@@ -111,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     images = input_images(args.size)
+    floor = compute_floor(args.size)
     start = time.perf_counter()
     worker = None
     if args.size != META_SIZE:
@@ -153,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     for level, shape, err, std in parity:
         print(f"level {level} {shape}: max |ours - Meta| {err:.3e}, Meta std {std:.3e}, ratio {err / std:.2e}")
     print(f"run took {wall:.0f} s")
+    at_floor = ", ".join(f"{name} {median[name] / floor.seconds:.2f}x" for name in median)
+    print(f"{floor.describe()}; median time / floor: {at_floor}")
     if "meta" in median:
+        print(f"lowest possible ours/Meta (floor / Meta's median) {floor.seconds / median['meta']:.3f}")
         print(f"CPU time ours/Meta {median_cpu['ours'] / median_cpu['meta']:.3f} (less sensitive to a loaded machine)")
         print(f"ours/Meta {median['ours'] / median['meta']:.3f}")
 
