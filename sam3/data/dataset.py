@@ -29,7 +29,7 @@ from sam3.data.sampler import ClipKey, clip_rng, sample_clip_frames
 from sam3.data.transforms import AugmentConfig, ClipTransform
 from sam3.distributed.frame_layout import frames_of_rank
 from sam3.ops.boxes import box_xywh_to_xyxy, box_xyxy_to_cxcywh, normalize_boxes
-from sam3.ops.masks import rle_decode, rle_problem
+from sam3.ops.masks import rle_decode_transposed, rle_problem
 
 OnBadSample = Literal["raise", "report"]
 
@@ -193,8 +193,12 @@ class VideoGroundingDataset(Dataset):
 
     def _masks(self, instances: list[Masklet], frames: list[int], video: VideoRecord) -> torch.Tensor:
         """(F, N, H, W) bool masks of `instances` on video frames `frames`, empty where not visible;
-        an RLE whose runs do not cover the frame raises `DataError` (pycocotools would decode garbage)."""
-        masks = torch.zeros(len(frames), len(instances), video.height, video.width, dtype=torch.bool)
+        an RLE whose runs do not cover the frame raises `DataError` (pycocotools would decode garbage).
+
+        Stored column by column (a transposed view, strides (N W H, W H, 1, H)), as RLE decodes: the
+        transform's resize shrinks the width first and reads columns, so no row-major copy is made.
+        """
+        columns = torch.zeros(len(frames), len(instances), video.width, video.height, dtype=torch.bool)
         where, rles = [], []
         for f, frame in enumerate(frames):
             for n, masklet in enumerate(instances):
@@ -211,10 +215,10 @@ class VideoGroundingDataset(Dataset):
                     where.append((f, n))
                     rles.append(rle)
         if rles:
-            decoded = rle_decode(rles)  # (K, H, W)
+            decoded = rle_decode_transposed(rles)  # (K, W, H)
             for k, (f, n) in enumerate(where):
-                masks[f, n] = decoded[k]
-        return masks
+                columns[f, n] = decoded[k]
+        return columns.transpose(-1, -2)
 
 
 def build_video_dataset(

@@ -224,10 +224,11 @@ def resize_masks_by_coverage(masks: torch.Tensor, height: int, width: int) -> to
         return masks.contiguous()
     # Each pass gathers whole rows of a contiguous tensor: transposing into a copy first is 2-4x faster
     # than gathering rows of a transposed view (1080x1920 -> 1008x1008: 0.8 s vs 2.1 s for 96 masks).
+    # Masks stored column by column (the dataset's, as RLE decodes) need no copy for the width pass.
     if width / in_w < height / in_h:  # shrink first: the second pass then moves less data
         columns = _rows_any(masks.transpose(-1, -2).contiguous(), width)  # (..., width, in_h)
         return _rows_any(columns.transpose(-1, -2).contiguous(), height)
-    rows = _rows_any(masks, height)  # (..., height, in_w)
+    rows = _rows_any(masks.contiguous(), height)  # (..., height, in_w)
     return _rows_any(rows.transpose(-1, -2).contiguous(), width).transpose(-1, -2).contiguous()
 
 

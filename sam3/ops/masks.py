@@ -58,12 +58,18 @@ def rle_encode(masks: torch.Tensor) -> list[RLE]:
 
 def rle_decode(rles: list[RLE]) -> torch.Tensor:
     """N COCO RLEs (compressed str/bytes counts or uncompressed list counts) -> (N, H, W) bool."""
+    return rle_decode_transposed(rles).transpose(1, 2).contiguous()
+
+
+def rle_decode_transposed(rles: list[RLE]) -> torch.Tensor:
+    """N COCO RLEs -> (N, W, H) bool, contiguous: the masks transposed, as RLE stores them (column by
+    column), without the strided copy into row-major order that `rle_decode` makes."""
     if not rles:
         raise ValueError("rle_decode needs at least one RLE (the size of an empty list is unknown)")
     compressed = [_as_compressed(rle) for rle in rles]
     array = coco_mask.decode(compressed)  # (H, W, N) uint8 of 0 and 1, column-major
     # Viewed as bool without a copy: a byte of 0 or 1 is a valid bool (one pass less over N x H x W).
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).view(torch.bool)
+    return torch.from_numpy(array.transpose(2, 1, 0)).view(torch.bool)
 
 
 def rle_problem(rle: RLE) -> str | None:

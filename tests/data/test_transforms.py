@@ -109,6 +109,22 @@ def test_resize_masks_by_coverage_equals_adaptive_max_pooling(size, out):
     assert torch.equal(resize_masks_by_coverage(masks, *out), expected)
 
 
+@pytest.mark.parametrize("size,out", [((37, 53), (16, 16)), ((53, 37), (16, 16)), ((20, 24), (40, 40))])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_masks_stored_column_by_column_transform_as_row_major_ones(size, out, hflip):
+    """The dataset hands masks over transposed (as RLE decodes them); every path gives the same pixels."""
+    masks = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1)) > 0.8
+    column_major = masks.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert torch.equal(column_major, masks) and not column_major.is_contiguous()
+    transform = ClipTransform(out[0])
+    frames = torch.zeros(2, 3, *size, dtype=torch.uint8)
+    boxes = masks_to_boxes_xyxy(masks)
+    params = ClipTransformParams((1, 2, size[0] - 3, size[1] - 2), hflip=hflip)
+    _, _, expected = transform(frames, boxes, masks, params)
+    _, _, result = transform(frames, boxes, column_major, params)
+    assert torch.equal(result, expected)
+
+
 def test_shapes_index_boxes_are_mask_boxes(shapes_dir):
     index = load_annotations(shapes_dir / "val" / "annotations.json")
     for masklet in index.masklets[0]:

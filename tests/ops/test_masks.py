@@ -25,6 +25,8 @@ def test_rle_round_trip_on_random_masks(seed):
     rles = mask_ops.rle_encode(masks)
     assert all(isinstance(r["counts"], str) and r["size"] == [37, 53] for r in rles)
     assert torch.equal(mask_ops.rle_decode(rles), masks)
+    transposed = mask_ops.rle_decode_transposed(rles)
+    assert transposed.is_contiguous() and torch.equal(transposed, masks.transpose(1, 2))
     assert torch.equal(mask_ops.rle_area(rles), masks.flatten(1).sum(1))
 
 
