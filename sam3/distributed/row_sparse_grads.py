@@ -7,7 +7,8 @@ here sends, for a bucket holding embedding weights, first the union of the used 
 row, a MAX all-reduce) and then only those rows beside the bucket's other gradients. The result is
 the dense average: the union holds every row that is non-zero on any rank, every other row is zero
 on every rank and stays zero (written as +0.0), and each sent element is summed over the same ranks
-as before.
+as before. On CUDA, selecting the rows waits for the bucket's gradients once (a host sync per such
+bucket, at the end of backward, where the token table's gradient arrives).
 
     model = DistributedDataParallel(...)
     register_row_sparse_hook(model)   # no-op when no embedding weight is trained
