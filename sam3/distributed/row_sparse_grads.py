@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -59,16 +60,15 @@ def register_row_sparse_hook(ddp: DistributedDataParallel) -> bool:
 def row_sparse_allreduce_hook(state: RowSparseState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Averages `bucket` over the group as DDP's default hook does (divide by the group size, then sum),
     sending of each embedding weight only the rows that are non-zero on some rank."""
-    group = state.process_group or dist.group.WORLD
-    buffer = bucket.buffer()
-    buffer.div_(group.size())
     embedding_grads, other_grads = [], []
     for param, grad in zip(bucket.parameters(), bucket.gradients(), strict=True):
         (embedding_grads if id(param) in state.embedding_ids else other_grads).append(grad)
     if not embedding_grads:
-        work = dist.all_reduce(buffer, group=group, async_op=True)
-        return work.get_future().then(lambda fut: fut.value()[0])
+        return default_hooks.allreduce_hook(state.process_group, bucket)
 
+    group = state.process_group or dist.group.WORLD
+    buffer = bucket.buffer()
+    buffer.div_(group.size())
     used = torch.cat([_nonzero_rows(grad) for grad in embedding_grads]).to(torch.uint8)
     dist.all_reduce(used, op=dist.ReduceOp.MAX, group=group)
     used_rows = list(used.bool().split([grad.shape[0] for grad in embedding_grads]))
